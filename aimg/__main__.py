@@ -1,0 +1,5 @@
+"""`python -m aimg` runs the `aimg` command."""
+
+from aimg.cli import main
+
+main()
