@@ -133,6 +133,8 @@ def _validate_data(data: EpisodeData) -> None:
     problem = _timestamps_problem(np.asarray(data.timestamps_ns), t)
     if problem:
         raise ValueError(f"timestamps_ns: {problem}")
+    if not isinstance(data.frames, Mapping) or not isinstance(data.cameras, Mapping):
+        raise ValueError("frames and cameras must be dicts keyed by view name")
     if not data.frames:
         raise ValueError("frames is empty: an episode needs at least one camera view")
     if set(data.frames) != set(data.cameras):
@@ -288,6 +290,7 @@ def _write_contents(directory: Path, data: EpisodeData) -> None:
     files[TIMESTAMPS_FILE] = _save_npy(directory / TIMESTAMPS_FILE, stamps)
     views = []
     for view, frames in data.frames.items():
+        frames = np.ascontiguousarray(frames)
         files[frames_file(view)] = _save_npy(directory / frames_file(view), frames)
         cameras = data.cameras[view]
         record: dict[str, Any] = {
@@ -303,7 +306,8 @@ def _write_contents(directory: Path, data: EpisodeData) -> None:
         views.append(record)
     extras = {}
     for name, array in data.extras.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         files[extra_file(name)] = _save_npy(directory / extra_file(name), array)
         extras[name] = {"file": extra_file(name), "dtype": array.dtype.str, "shape": array.shape}
     meta = {
@@ -371,6 +375,8 @@ def _commit(root: Path, tmp: Path, index: int, retry: bool) -> Path:
 
 def next_episode_index(root: str | Path) -> int:
     """Index after the highest complete episode under `root` (0 if none): resumable numbering."""
+    if not Path(root).exists():
+        return 0
     paths = list_episodes(root)
     return _episode_index(paths[-1]) + 1 if paths else 0
 
@@ -529,7 +535,10 @@ class Episode:
     @property
     def cameras(self) -> dict[str, Camera | list[Camera]]:
         """View name -> static Camera, or a list of T cameras for a moving camera."""
-        return dict(self._cameras)
+        return {
+            view: list(cameras) if isinstance(cameras, list) else cameras
+            for view, cameras in self._cameras.items()
+        }
 
     def image_size(self, view: str) -> tuple[int, int]:
         """(height, width) of one view's frames in pixels."""

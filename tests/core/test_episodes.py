@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,18 @@ def test_written_episode_reads_back_identically(tmp_path: Path, per_frame: bool)
         _assert_same_camera(episode.camera("wrist", t), expected)
 
 
+def test_non_contiguous_inputs_are_stored_in_c_order(tmp_path: Path) -> None:
+    data = make_data()
+    data.frames["front"] = np.asfortranarray(data.frames["front"])
+    data.poses = np.asfortranarray(data.poses)
+    data.extras["joints"] = data.extras["joints"].astype(">f4")
+    episode = read_episode(write_episode(tmp_path, data))
+    np.testing.assert_array_equal(episode.frames("front"), data.frames["front"])
+    np.testing.assert_array_equal(episode.poses, data.poses)
+    np.testing.assert_array_equal(episode.extra("joints"), data.extras["joints"])
+    assert episode.extra("joints").dtype == np.dtype("<f4")
+
+
 def test_frames_are_memory_mapped_read_only(tmp_path: Path) -> None:
     episode = read_episode(write_episode(tmp_path, make_data()))
     frames = episode.frames("front")
@@ -169,6 +182,22 @@ def test_listing_skips_temporary_and_incomplete_directories(tmp_path: Path) -> N
     (tmp_path / "notes.txt").write_text("not an episode")
     assert list_episodes(tmp_path) == [done]
     assert next_episode_index(tmp_path) == 1
+
+
+def test_concurrent_writers_get_distinct_indices(tmp_path: Path) -> None:
+    def collect(worker: int) -> list[Path]:
+        return [write_episode(tmp_path, make_data(seed=10 * worker + i)) for i in range(3)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        written = [path for paths in pool.map(collect, range(4)) for path in paths]
+    assert sorted(written) == list_episodes(tmp_path)
+    assert [p.name for p in list_episodes(tmp_path)] == [f"episode_{i:06d}" for i in range(12)]
+    seeds = sorted(e.metadata["seed"] for e in load_episodes(tmp_path))
+    assert seeds == sorted(10 * w + i for w in range(4) for i in range(3))
+
+
+def test_numbering_starts_at_zero_in_a_new_root(tmp_path: Path) -> None:
+    assert next_episode_index(tmp_path / "new") == 0
 
 
 def test_listing_a_missing_root_says_so(tmp_path: Path) -> None:
