@@ -1,0 +1,163 @@
+"""Training clips cut from recorded episodes: multi-view video, action images, cameras, text.
+
+An item is addressed by (episode index, sample seed) (see `aimg.training.order`); all of its
+randomness (clip start, view pair, text dropout) comes from that seed, so items are the same in
+any worker, on any rank and after a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from aimg.training.config import DataConfig
+
+from aimg.geometry import Camera
+
+
+class DatasetError(ValueError):
+    """The episode data cannot feed training; the message says what to do."""
+
+
+def find_episodes(roots: Sequence[Path]) -> list[Path]:
+    """All complete episodes under `roots` (sorted per root); raises if a root has none."""
+    from aimg.episodes import list_episodes
+
+    paths: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        found = list_episodes(root) if root.is_dir() else []
+        if not found:
+            raise DatasetError(
+                f"no episodes under {root}: run `aimg sim collect --out {root}` first "
+                "(or point data.roots / --data at a directory of recorded episodes)"
+            )
+        paths.extend(found)
+    return paths
+
+
+def crop_resize_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 [T, H0, W0, 3] -> float32 [3, T, height, width] in [-1, 1].
+
+    Maximal centre crop (whole pixels) to the target aspect, then an antialiased bilinear
+    resize; `crop_resize_camera` gives the matching camera.
+    """
+    x0, y0, cw, ch = _crop_box(frames.shape[1], frames.shape[2], height, width)
+    crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0 : y0 + ch, x0 : x0 + cw]))
+    x = crop.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if (ch, cw) != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return x.clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+
+
+def crop_resize_camera(camera: Camera, height: int, width: int) -> Camera:
+    """The camera of `crop_resize_frames`' output (the crop shifts the principal point)."""
+    x0, y0, cw, ch = _crop_box(camera.height, camera.width, height, width)
+    K = camera.K.copy()
+    K[0, 2] -= x0
+    K[1, 2] -= y0
+    return Camera(K, camera.c2w, cw, ch).scaled(height, width)
+
+
+def _crop_box(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    if src_w * height > width * src_h:
+        ch, cw = src_h, min(src_w, round(src_h * width / height))
+    else:
+        ch, cw = min(src_h, round(src_w * height / width)), src_w
+    return (src_w - cw) // 2, (src_h - ch) // 2, cw, ch
+
+
+def clip_indices(
+    num_frames: int, frames: int, stride: int, start_at_zero: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Frame indices [frames] of one clip; past the end the last frame repeats."""
+    span = (frames - 1) * stride
+    last_start = max(0, num_frames - 1 - span)
+    start = 0 if rng.random() < start_at_zero else int(rng.integers(0, last_start + 1))
+    return np.minimum(start + stride * np.arange(frames), num_frames - 1)
+
+
+class EpisodeClipDataset(torch.utils.data.Dataset):
+    """Two-view training clips at the model resolution.
+
+    Item (episode index, seed) -> dict with
+    `video` float32 [2, 3, T, H, W] in [-1, 1] (condition view first),
+    `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, spec §1),
+    `K` float32 [2, 3, 3] and `c2w` float32 [2, 4, 4] (cameras at H x W, static per clip),
+    `poses` float64 [T, 7], `instruction` str ("" after text dropout), `seed` int64,
+    `episode` int64, `frame_indices` int64 [T].
+    """
+
+    def __init__(
+        self, episodes: Sequence[Path], cfg: DataConfig, frames: int, height: int, width: int
+    ) -> None:
+        if not episodes:
+            raise DatasetError("no episodes given")
+        self.paths = [Path(p) for p in episodes]
+        self.cfg = cfg
+        self.frames = frames
+        self.height = height
+        self.width = width
+        self._episodes: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def episode(self, index: int) -> Any:
+        """The opened episode `index` (kept open; frames load lazily)."""
+        if index not in self._episodes:
+            from aimg.episodes import read_episode
+
+            self._episodes[index] = read_episode(self.paths[index])
+        return self._episodes[index]
+
+    def view_pair(self, episode: Any, rng: np.random.Generator) -> tuple[str, str]:
+        """A random ordered pair of distinct views (condition view first); one view is reused."""
+        names = list(episode.view_names)
+        if self.cfg.views is not None:
+            missing = [v for v in self.cfg.views if v not in names]
+            if missing:
+                raise DatasetError(
+                    f"episode {self.paths[self._index_of(episode)]} has no view(s) {missing} "
+                    f"(it has {names}); fix data.views"
+                )
+            names = list(self.cfg.views)
+        if len(names) == 1:
+            return names[0], names[0]
+        first, second = rng.choice(len(names), size=2, replace=False)
+        return names[int(first)], names[int(second)]
+
+    def _index_of(self, episode: Any) -> int:
+        return next(i for i, e in self._episodes.items() if e is episode)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        from aimg.codec import render
+
+        index, seed = key
+        rng = np.random.default_rng(seed)
+        ep = self.episode(index)
+        idx = clip_indices(ep.num_frames, self.frames, self.cfg.stride, self.cfg.start_at_zero, rng)
+        views = self.view_pair(ep, rng)
+        drop_text = rng.random() < self.cfg.text_dropout
+        cameras = [crop_resize_camera(ep.camera(v, 0), self.height, self.width) for v in views]
+        video = torch.stack(
+            [crop_resize_frames(ep.frames(v)[idx], self.height, self.width) for v in views]
+        )
+        poses = np.asarray(ep.poses, dtype=np.float64)[idx]
+        images = render(poses, cameras, self.height, self.width)  # [T, V, H, W, 3] in [0, 1]
+        action_images = torch.from_numpy(np.ascontiguousarray(images)).permute(1, 4, 0, 2, 3)
+        return {
+            "video": video,
+            "action_images": action_images.float() * 2.0 - 1.0,
+            "K": torch.from_numpy(np.stack([c.K for c in cameras])).float(),
+            "c2w": torch.from_numpy(np.stack([c.c2w for c in cameras])).float(),
+            "poses": torch.from_numpy(poses),
+            "instruction": "" if drop_text else str(ep.instruction),
+            "seed": torch.tensor(seed, dtype=torch.int64),
+            "episode": torch.tensor(index, dtype=torch.int64),
+            "frame_indices": torch.from_numpy(idx.astype(np.int64)),
+        }
