@@ -18,6 +18,7 @@ from aimg import episodes
 from aimg.episodes import (
     EpisodeData,
     EpisodeError,
+    EpisodeWriter,
     list_episodes,
     load_episodes,
     next_episode_index,
@@ -249,7 +250,7 @@ def test_killed_writer_leaves_no_episode_that_readers_accept(tmp_path: Path) -> 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert result.returncode == -9, result.stderr.decode()
     leftovers = list(tmp_path.iterdir())
-    assert len(leftovers) == 1 and leftovers[0].name.startswith(".episode_000000.tmp-")
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".episode_")
     assert list_episodes(tmp_path) == []
     with pytest.raises(EpisodeError, match="interrupted write"):
         read_episode(leftovers[0])
@@ -263,6 +264,113 @@ def test_stale_temp_dir_of_a_live_writer_is_kept(tmp_path: Path) -> None:
     live.mkdir()
     assert remove_stale_temp_dirs(tmp_path) == []
     assert live.exists()
+
+
+# -- streaming writer ---------------------------------------------------------------------------
+
+
+def _stream(writer: EpisodeWriter, data: EpisodeData) -> None:
+    for t in range(data.num_frames):
+        writer.append(
+            {view: frames[t] for view, frames in data.frames.items()},
+            data.poses[t],
+            int(data.timestamps_ns[t]),
+            cameras={"wrist": data.cameras["wrist"][t]},
+            extras={name: array[t] for name, array in data.extras.items()},
+        )
+
+
+def _views(data: EpisodeData) -> dict:
+    return {"front": data.cameras["front"], "wrist": data.frames["wrist"].shape[1:3]}
+
+
+def test_streamed_episode_equals_the_one_written_at_once(tmp_path: Path) -> None:
+    data = make_data(per_frame_cameras=True)
+    with EpisodeWriter(tmp_path, data.instruction, data.task, _views(data)) as writer:
+        _stream(writer, data)
+        assert list_episodes(tmp_path) == []
+        path = writer.commit(success=True, metadata=data.metadata)
+    streamed = read_episode(path, verify=True)
+    direct = read_episode(write_episode(tmp_path, data), verify=True)
+    for view in data.view_names:
+        np.testing.assert_array_equal(streamed.frames(view), direct.frames(view))
+    np.testing.assert_array_equal(streamed.poses, direct.poses)
+    np.testing.assert_array_equal(streamed.timestamps_ns, direct.timestamps_ns)
+    np.testing.assert_array_equal(streamed.extra("joints"), direct.extra("joints"))
+    assert streamed.camera_is_static("front") and not streamed.camera_is_static("wrist")
+    for t in range(T):
+        _assert_same_camera(streamed.camera("wrist", t), direct.camera("wrist", t))
+    assert (streamed.instruction, streamed.task, streamed.success) == (
+        direct.instruction,
+        direct.task,
+        direct.success,
+    )
+    assert streamed.metadata == direct.metadata
+    assert list_episodes(tmp_path) == [path, direct.path]
+
+
+def test_streamed_frames_file_is_a_plain_npy(tmp_path: Path) -> None:
+    data = make_data(per_frame_cameras=True)
+    with EpisodeWriter(tmp_path, data.instruction, data.task, _views(data)) as writer:
+        _stream(writer, data)
+        path = writer.commit(success=False)
+    np.testing.assert_array_equal(np.load(path / "frames_front.npy"), data.frames["front"])
+
+
+def test_invalid_append_is_refused_and_the_episode_continues(tmp_path: Path) -> None:
+    data = make_data(per_frame_cameras=True)
+    with EpisodeWriter(tmp_path, data.instruction, data.task, _views(data)) as writer:
+        _stream(writer, data)
+        good = {view: frames[0] for view, frames in data.frames.items()}
+        later = int(data.timestamps_ns[-1]) + 1
+        wrist = {"wrist": data.cameras["wrist"][0]}
+        joints = {"joints": data.extras["joints"][0]}
+        bad_pose = data.poses[0].copy()
+        bad_pose[6] = 2.0
+        with pytest.raises(ValueError, match="frame 5: pose gripper"):
+            writer.append(good, bad_pose, later, cameras=wrist, extras=joints)
+        with pytest.raises(ValueError, match="not after the previous frame"):
+            writer.append(good, data.poses[0], 0, cameras=wrist, extras=joints)
+        with pytest.raises(ValueError, match="exactly the moving views"):
+            writer.append(good, data.poses[0], later, extras=joints)
+        with pytest.raises(ValueError, match=r"must be \[8, 10, 3\]"):
+            writer.append({**good, "front": good["wrist"]}, data.poses[0], later, cameras=wrist)
+        with pytest.raises(ValueError, match="same names at every frame"):
+            writer.append(good, data.poses[0], later, cameras=wrist)
+        assert writer.num_frames == T
+        path = writer.commit(success=True)
+    episode = read_episode(path, verify=True)
+    assert episode.num_frames == T
+    np.testing.assert_array_equal(episode.frames("wrist"), data.frames["wrist"])
+
+
+def test_leaving_the_writer_without_commit_discards_the_episode(tmp_path: Path) -> None:
+    data = make_data(per_frame_cameras=True)
+    with EpisodeWriter(tmp_path, data.instruction, data.task, _views(data)) as writer:
+        _stream(writer, data)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="already committed or aborted"):
+        writer.commit(success=True)
+
+
+def test_exception_while_streaming_discards_the_episode(tmp_path: Path) -> None:
+    data = make_data(per_frame_cameras=True)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        EpisodeWriter(tmp_path, data.instruction, data.task, _views(data)) as writer,
+    ):
+        _stream(writer, data)
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_committing_an_empty_stream_is_refused(tmp_path: Path) -> None:
+    data = make_data()
+    with EpisodeWriter(tmp_path, "x", "t", {"front": data.cameras["front"]}) as writer:
+        with pytest.raises(ValueError, match="no frames were appended"):
+            writer.commit(success=True)
+        writer.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- corrupt episodes ---------------------------------------------------------------------------
