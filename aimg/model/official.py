@@ -163,3 +163,40 @@ def load_reference_checkpoint(path: str | Path, cfg: ModelConfig, dtype: torch.d
     model.load_state_dict(converted, strict=True, assign=True)
     model.rebuild_rope()
     return model.eval()
+
+
+def convert_checkpoint_file(
+    ckpt_path: str | Path, output_dir: str | Path, preset: str | Path, dtype: str | None = None
+) -> Path:
+    """Reference `.ckpt` -> our checkpoint directory (`model.safetensors` + `config.json`)."""
+    from aimg.model.checkpoint import save_checkpoint
+    from aimg.model.config import load_preset
+
+    model_cfg, sampling, _ = load_preset(preset)
+    torch_dtype = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16}.get(dtype, "bad")
+    if torch_dtype == "bad":
+        raise ValueError(
+            f"dtype must be fp32 or bf16 (or left out to keep the file's), got {dtype}"
+        )
+    model = load_reference_checkpoint(ckpt_path, model_cfg, torch_dtype)
+    return save_checkpoint(
+        output_dir, model, model_cfg, sampling, {"converted_from": str(Path(ckpt_path).name)}
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m aimg.model.official CKPT OUT_DIR --preset configs/official-5b.yaml`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="reference .ckpt (torch.save of the DiT state dict)")
+    parser.add_argument("output_dir", help="directory to write model.safetensors + config.json")
+    parser.add_argument("--preset", default="configs/official-5b.yaml")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
+    args = parser.parse_args(argv)
+    out = convert_checkpoint_file(args.checkpoint, args.output_dir, args.preset, args.dtype)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
