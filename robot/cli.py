@@ -2,9 +2,81 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
     help="The simulated xArm cell (PyBullet): collect expert episodes, inspect them.",
     no_args_is_help=True,
 )
+
+
+@app.command()
+def collect(
+    task: str = typer.Option("reach", help="Task: reach or pick."),
+    episodes: int = typer.Option(200, min=0, help="Total episodes wanted in --out."),
+    out: Path = typer.Option(..., help="Episode root directory (created if missing)."),
+    views: int = typer.Option(2, min=1, max=4, help="Cameras: left, right, front, top."),
+    size: int = typer.Option(128, min=16, help="Square image size in pixels."),
+    fps: float = typer.Option(10.0, help="Recorded frames per second (divides 60)."),
+    seed: int = typer.Option(0, help="Collection seed; episode i uses a seed derived from it."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+) -> None:
+    """Roll out the scripted expert and write episodes; re-running continues where it stopped."""
+    from aimg.robot.sim.collect import RolloutSettings, collect, missing_indices
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    settings = RolloutSettings(task=task, views=views, height=size, width=size, fps=fps)
+    todo = len(missing_indices(out, episodes))
+    start = time.monotonic()
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    ) as progress:
+        bar = progress.add_task(f"{task} -> {out}", total=todo)
+        try:
+            results = collect(
+                out,
+                settings,
+                episodes,
+                seed=seed,
+                workers=workers,
+                on_episode=lambda index, success: progress.advance(bar),
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    elapsed = time.monotonic() - start
+    successes = sum(success for _, success in results)
+    summary = {
+        "task": task,
+        "out": str(out),
+        "written": len(results),
+        "skipped_existing": episodes - todo,
+        "successes": successes,
+        "success_rate": successes / len(results) if results else None,
+        "seconds": round(elapsed, 1),
+    }
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def show(
+    episode: Path = typer.Argument(..., help="An episode directory."),
+    out: Path = typer.Option(None, help="PNG to write (default: <episode>/contact_sheet.png)."),
+    columns: int = typer.Option(8, min=1, help="Frames per row (evenly spaced over the episode)."),
+    scale: int = typer.Option(2, min=1, help="Pixel upscaling of each tile."),
+) -> None:
+    """Write a PNG contact sheet: frames of every view with the rendered action images on top."""
+    from aimg.robot.sim.show import contact_sheet
+
+    target = out or episode / "contact_sheet.png"
+    try:
+        contact_sheet(episode, target, columns=columns, scale=scale)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(str(target))

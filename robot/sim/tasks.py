@@ -1,0 +1,192 @@
+"""Tabletop tasks of the sim cell: random scenes, scripted expert plans and success checks.
+
+"reach the <colour> cube" (end with the tool just above the cube) and "pick up the <colour>
+cube" (grasp it and lift it). Every scene has the target cube and one to three distractor cubes
+of other colours at random, non-overlapping poses, and a randomised start pose of the tool.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from aimg.robot.interfaces import ArmErrorCode
+from aimg.robot.sim.expert import Trajectory, Waypoint, segment_duration
+from aimg.robot.sim.world import FINGER_LINKS, SimWorld, top_down_pose
+
+COLOURS: dict[str, tuple[float, float, float, float]] = {
+    "red": (0.85, 0.10, 0.08, 1.0),
+    "green": (0.10, 0.62, 0.16, 1.0),
+    "blue": (0.10, 0.28, 0.90, 1.0),
+    "yellow": (0.95, 0.80, 0.08, 1.0),
+}
+CUBE_SIZE_M = 0.04
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """A cube: colour name, centre position [3] (m, base frame), yaw about z (rad)."""
+
+    colour: str
+    position: tuple[float, float, float]
+    yaw: float
+
+    def to_dict(self) -> dict:
+        return {"colour": self.colour, "position": list(self.position), "yaw": self.yaw}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A sampled episode setup. `objects[0]` is the target."""
+
+    task: str
+    objects: tuple[SceneObject, ...]
+    start_position: tuple[float, float, float]
+    start_yaw: float
+    speed_m_s: float
+
+    @property
+    def target(self) -> SceneObject:
+        return self.objects[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task,
+            "target": self.target.colour,
+            "objects": [obj.to_dict() for obj in self.objects],
+            "start_position": list(self.start_position),
+            "start_yaw": self.start_yaw,
+            "speed_m_s": self.speed_m_s,
+        }
+
+
+def sample_scene(task: str, rng: np.random.Generator) -> Scene:
+    """Target plus 1-3 distractors in x 0.28-0.52 m, y -0.22-0.22 m, at least 9 cm apart."""
+    count = int(rng.integers(2, 5))
+    colours = [str(c) for c in rng.permutation(list(COLOURS))[:count]]
+    positions: list[np.ndarray] = []
+    while len(positions) < count:
+        xy = rng.uniform([0.28, -0.22], [0.52, 0.22])
+        if all(np.linalg.norm(xy - other) >= 0.09 for other in positions):
+            positions.append(xy)
+    objects = tuple(
+        SceneObject(colour, (float(xy[0]), float(xy[1]), CUBE_SIZE_M / 2.0), float(yaw))
+        for colour, xy, yaw in zip(
+            colours, positions, rng.uniform(-math.pi / 4, math.pi / 4, count), strict=True
+        )
+    )
+    start = np.array([0.30, 0.0, 0.30]) + rng.uniform([-0.04, -0.08, -0.04], [0.04, 0.08, 0.04])
+    return Scene(
+        task=task,
+        objects=objects,
+        start_position=tuple(float(v) for v in start),
+        start_yaw=float(rng.uniform(-0.3, 0.3)),
+        speed_m_s=float(rng.uniform(0.16, 0.26)),
+    )
+
+
+def grasp_yaw(cube_yaw: float, current_yaw: float) -> float:
+    """The cube's yaw modulo 90 degrees (a cube is symmetric) closest to the tool's yaw."""
+    candidates = cube_yaw + (math.pi / 2) * np.arange(-4, 5)
+    return float(candidates[np.argmin(np.abs(candidates - current_yaw))])
+
+
+def _plan(scene: Scene, stops: list[tuple[np.ndarray, float, float]]) -> Trajectory:
+    """Waypoints from the start pose through `stops` = (position, yaw, gripper) at scene speed.
+
+    A stop that repeats the previous position (a gripper action) lasts 0.8 s.
+    """
+    position = np.array(scene.start_position)
+    waypoints = [Waypoint(0.0, top_down_pose(position, scene.start_yaw), 1.0)]
+    t = 0.0
+    for target, yaw, gripper in stops:
+        distance = float(np.linalg.norm(target - position))
+        t += 0.8 if distance < 1e-6 else segment_duration(distance, scene.speed_m_s)
+        waypoints.append(Waypoint(t, top_down_pose(target, yaw), gripper))
+        position = target
+    return Trajectory(waypoints)
+
+
+class Task(ABC):
+    """One kind of episode: how it is phrased, how the expert does it, when it has succeeded."""
+
+    name: str
+
+    @abstractmethod
+    def instruction(self, scene: Scene) -> str: ...
+
+    @abstractmethod
+    def plan(self, scene: Scene) -> Trajectory: ...
+
+    @abstractmethod
+    def success(self, world: SimWorld, scene: Scene) -> bool: ...
+
+    def sample_scene(self, rng: np.random.Generator) -> Scene:
+        return sample_scene(self.name, rng)
+
+
+class ReachTask(Task):
+    """End with the TCP 1.5-4 cm above the target cube's top, within 2 cm horizontally."""
+
+    name = "reach"
+    hover_m = 0.035
+
+    def instruction(self, scene: Scene) -> str:
+        return f"reach the {scene.target.colour} cube"
+
+    def plan(self, scene: Scene) -> Trajectory:
+        cube = np.array(scene.target.position)
+        yaw = grasp_yaw(scene.target.yaw, scene.start_yaw)
+        above = cube + [0.0, 0.0, 0.10]
+        hover = cube + [0.0, 0.0, self.hover_m]
+        return _plan(scene, [(above, yaw, 1.0), (hover, yaw, 1.0), (hover, yaw, 1.0)])
+
+    def success(self, world: SimWorld, scene: Scene) -> bool:
+        if world.error_code != ArmErrorCode.NONE:
+            return False
+        cube = world.object_pose(scene.target.colour)[:3, 3]
+        tcp = world.tool_pose()[:3, 3]
+        height = tcp[2] - (cube[2] + CUBE_SIZE_M / 2.0)
+        return bool(np.linalg.norm(tcp[:2] - cube[:2]) < 0.02 and 0.0 < height < 0.04)
+
+
+class PickTask(Task):
+    """Grasp the target cube and lift it: success when it is 5 cm up, held by both fingers."""
+
+    name = "pick"
+    lift_m = 0.15
+
+    def instruction(self, scene: Scene) -> str:
+        return f"pick up the {scene.target.colour} cube"
+
+    def plan(self, scene: Scene) -> Trajectory:
+        cube = np.array(scene.target.position)
+        yaw = grasp_yaw(scene.target.yaw, scene.start_yaw)
+        above = cube + [0.0, 0.0, 0.10]
+        grasp = cube + [0.0, 0.0, 0.002]
+        lift = cube + [0.0, 0.0, self.lift_m]
+        return _plan(
+            scene,
+            [(above, yaw, 1.0), (grasp, yaw, 1.0), (grasp, yaw, 0.0), (lift, yaw, 0.0)],
+        )
+
+    def success(self, world: SimWorld, scene: Scene) -> bool:
+        if world.error_code != ArmErrorCode.NONE:
+            return False
+        body = world.objects[scene.target.colour]
+        lifted = world.object_pose(scene.target.colour)[2, 3] > CUBE_SIZE_M / 2.0 + 0.05
+        touching = {
+            contact[3] for contact in world.client.getContactPoints(bodyA=world.robot, bodyB=body)
+        }
+        return bool(lifted and all(link in touching for link in FINGER_LINKS))
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (ReachTask(), PickTask())}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown sim task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name]
