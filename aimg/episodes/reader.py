@@ -341,6 +341,8 @@ def read_meta(path: Path) -> dict[str, Any]:
         value = meta.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise error(f"field {key!r} must be a {kind.__name__}, got {value!r:.80}")
+    if not meta["task"]:
+        raise error("field 'task' is empty")
     if meta["num_frames"] < 1:
         raise error(f"num_frames must be >= 1, got {meta['num_frames']}")
     if not meta["views"]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import json
 import os
 import pickle
@@ -477,6 +480,38 @@ def test_flipped_bytes_are_caught_only_when_verifying(stored: Path) -> None:
     read_episode(stored)
     with pytest.raises(EpisodeError, match=r"frames_front\.npy: sha256 does not match"):
         read_episode(stored, verify=True)
+
+
+def test_any_single_edit_of_meta_is_harmless_or_an_episode_error(tmp_path: Path) -> None:
+    path = write_episode(tmp_path, make_data(num_frames=2, per_frame_cameras=True))
+    original = json.loads((path / "meta.json").read_text())
+
+    def locations(node, prefix=()):
+        if prefix:
+            yield prefix
+        if isinstance(node, dict):
+            for key, child in node.items():
+                yield from locations(child, (*prefix, key))
+        elif isinstance(node, list):
+            for key, child in enumerate(node[:2]):
+                yield from locations(child, (*prefix, key))
+
+    replacements = [_DELETE, None, -1, 2.5, "", [], {}, True, 10**30]
+    for location in locations(original):
+        *parents, key = location
+        for replacement in replacements:
+            meta = copy.deepcopy(original)
+            parent = functools.reduce(lambda node, k: node[k], parents, meta)
+            if replacement is _DELETE:
+                del parent[key]
+            else:
+                parent[key] = replacement
+            (path / "meta.json").write_text(json.dumps(meta))
+            with contextlib.suppress(EpisodeError):
+                read_episode(path)
+
+
+_DELETE = object()
 
 
 def test_episode_errors_are_value_errors() -> None:
