@@ -594,3 +594,15 @@ def test_invalid_writer_input_is_refused_before_writing(
     with pytest.raises(ValueError, match=message):
         write_episode(tmp_path / "root", data)
     assert not (tmp_path / "root").exists()
+
+
+def test_benchmark_reports_every_measurement(tmp_path: Path) -> None:
+    from aimg.episodes.bench import run_episodes_benchmark
+
+    result = run_episodes_benchmark(
+        episodes=3, views=2, frames=4, size=8, samples=10, directory=tmp_path
+    )
+    assert result["episodes"] == 3
+    for key in ("write_ms_per_episode", "open_all_s", "open_all_verify_s", "random_frame_us"):
+        assert result[key] > 0
+    assert list(tmp_path.iterdir()) == []
