@@ -1,10 +1,113 @@
-"""`aimg train ...`: flow-matching training of world action models."""
+"""`aimg train` and `aimg eval`: flow-matching training and open-loop evaluation.
+
+`aimg train` runs in one process or under torchrun (`torchrun --nproc_per_node N $(which aimg)
+train ...`); every rank runs the same command.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(
-    help="Train world action models with flow matching (single process or torchrun).",
-    no_args_is_help=True,
-)
+from aimg.config import ConfigError
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def train(
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="Preset YAML with model, sampling, data and train sections."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run from its latest checkpoint, bit-exactly."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory (checkpoints, TensorBoard); overrides train.run_dir."
+    ),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", min=1, help="Train until this step; overrides train.max_steps."
+    ),
+    data: list[Path] | None = typer.Option(
+        None, "--data", help="Episode directory (repeatable); replaces data.roots."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu or cuda; overrides train.device."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm bar on rank 0."),
+) -> None:
+    """Train a world action model with masked flow matching (spec §5).
+
+    Single process: `aimg train --config configs/sim-tiny.yaml`. Several processes (DDP on CPU,
+    FSDP2 on GPUs): `torchrun --nproc_per_node 2 $(which aimg) train --config ...`; the batch
+    size in the preset is per process. Checkpoints go to <run-dir>/checkpoints/step_NNNNNN,
+    TensorBoard scalars to <run-dir>/tensorboard. Prints a JSON summary when done.
+    """
+    from aimg.training.checkpointing import CheckpointError
+    from aimg.training.config import load_training_preset
+    from aimg.training.dataset import DatasetError
+    from aimg.training.run import RunError, override, run_training, summary_json
+
+    try:
+        preset = load_training_preset(config)
+        preset = override(preset, run_dir, max_steps, data, device)
+        summary = run_training(preset, resume=resume, progress=progress)
+    except (ConfigError, DatasetError, RunError, CheckpointError) as exc:
+        _fail(str(exc))
+        return
+    except ValueError as exc:
+        if "config" in type(exc).__name__.lower():
+            _fail(str(exc))
+        raise
+    if summary.get("rank", 0) == 0:
+        typer.echo(summary_json(summary))
+
+
+def evaluate(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="A step directory, or a run directory (its latest checkpoint)."
+    ),
+    data: list[Path] = typer.Option(
+        ..., "--data", help="Directory of held-out episodes (repeatable)."
+    ),
+    episodes: int = typer.Option(50, "--episodes", min=1, help="How many start states to try."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Where to write report.json and contact sheets (default: next to "
+        "the checkpoint, eval/).",
+    ),
+    threshold: float = typer.Option(
+        0.03, "--threshold", help="Success radius in metres (final position vs target)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    sheets: int = typer.Option(8, "--sheets", min=0, help="Contact sheets to write (PNG)."),
+) -> None:
+    """Open-loop evaluation: sample action segments from start states, decode, score.
+
+    For each held-out episode: frame 0 of each view plus the current-pose action image ->
+    sampled action video -> `aimg.codec.decode` -> distance of the final decoded position to
+    the target from the episode's metadata. Prints a JSON report (success rate within
+    --threshold) and writes PNG contact sheets of predicted vs ground-truth action images.
+    """
+    from aimg.training.evaluate import EvaluationError, evaluate_checkpoint
+
+    try:
+        report = evaluate_checkpoint(
+            checkpoint,
+            data,
+            num_episodes=episodes,
+            out_dir=out,
+            threshold=threshold,
+            device=device,
+            contact_sheets=sheets,
+        )
+    except (ConfigError, EvaluationError) as exc:
+        _fail(str(exc))
+        return
+    import json
+
+    typer.echo(json.dumps(report["summary"], indent=2))

@@ -45,14 +45,19 @@ class DataConfig:
     and action frame k is the absolute tool pose at video frame k. With probability
     `start_at_zero` the clip starts at the first frame (the policy's typical situation), else
     uniformly where the whole clip fits; clips that run past the end repeat the last frame.
+    `relative_cameras` gives the model camera poses relative to the condition view, as the
+    reference trains (spec §3.2); the default keeps them in the robot base frame, which a
+    static cell makes informative. Inference must use the same choice.
     """
 
     roots: list[Path] = field(default_factory=lambda: [Path("data/reach")])
     stride: int = 4
     start_at_zero: float = 0.3
+    max_start_fraction: float = 0.0
     views: list[str] | None = None
     text_dropout: float = 0.05
     tasks: TaskMixture = field(default_factory=TaskMixture)
+    relative_cameras: bool = False
     num_workers: int = 0
     latent_cache: Path | None = None
 
@@ -63,6 +68,8 @@ class DataConfig:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if not 0.0 <= self.start_at_zero <= 1.0:
             raise ValueError(f"start_at_zero is a probability, got {self.start_at_zero}")
+        if not 0.0 <= self.max_start_fraction <= 1.0:
+            raise ValueError(f"max_start_fraction must be in [0, 1], got {self.max_start_fraction}")
         if not 0.0 <= self.text_dropout <= 1.0:
             raise ValueError(f"text_dropout is a probability, got {self.text_dropout}")
         if self.views is not None and len(self.views) < 1:

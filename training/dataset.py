@@ -72,11 +72,16 @@ def _crop_box(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int
 
 
 def clip_indices(
-    num_frames: int, frames: int, stride: int, start_at_zero: float, rng: np.random.Generator
+    num_frames: int,
+    frames: int,
+    stride: int,
+    start_at_zero: float,
+    rng: np.random.Generator,
+    max_start_fraction: float = 0.0,
 ) -> np.ndarray:
-    """Frame indices [frames] of one clip; past the end the last frame repeats."""
+    """Frame indices [frames] of a clip (see `DataConfig`); past the end the last frame repeats."""
     span = (frames - 1) * stride
-    last_start = max(0, num_frames - 1 - span)
+    last_start = max(0, num_frames - 1 - span, int(max_start_fraction * (num_frames - 1)))
     start = 0 if rng.random() < start_at_zero else int(rng.integers(0, last_start + 1))
     return np.minimum(start + stride * np.arange(frames), num_frames - 1)
 
@@ -87,9 +92,9 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
     Item (episode index, seed) -> dict with
     `video` float32 [2, 3, T, H, W] in [-1, 1] (condition view first),
     `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, spec §1),
-    `K` float32 [2, 3, 3] and `c2w` float32 [2, 4, 4] (cameras at H x W, static per clip),
+    `K` float64 [2, 3, 3] and `c2w` float64 [2, 4, 4] (cameras at H x W, static per clip),
     `poses` float64 [T, 7], `instruction` str ("" after text dropout), `seed` int64,
-    `episode` int64, `frame_indices` int64 [T].
+    `episode` int64, `episode_path` str, `views` str ("cond|target"), `frame_indices` int64 [T].
     """
 
     def __init__(
@@ -140,7 +145,10 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
         index, seed = key
         rng = np.random.default_rng(seed)
         ep = self.episode(index)
-        idx = clip_indices(ep.num_frames, self.frames, self.cfg.stride, self.cfg.start_at_zero, rng)
+        cfg = self.cfg
+        idx = clip_indices(
+            ep.num_frames, self.frames, cfg.stride, cfg.start_at_zero, rng, cfg.max_start_fraction
+        )
         views = self.view_pair(ep, rng)
         drop_text = rng.random() < self.cfg.text_dropout
         cameras = [crop_resize_camera(ep.camera(v, 0), self.height, self.width) for v in views]
@@ -153,11 +161,13 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
         return {
             "video": video,
             "action_images": action_images.float() * 2.0 - 1.0,
-            "K": torch.from_numpy(np.stack([c.K for c in cameras])).float(),
-            "c2w": torch.from_numpy(np.stack([c.c2w for c in cameras])).float(),
+            "K": torch.from_numpy(np.stack([c.K for c in cameras])),
+            "c2w": torch.from_numpy(np.stack([c.c2w for c in cameras])),
             "poses": torch.from_numpy(poses),
             "instruction": "" if drop_text else str(ep.instruction),
             "seed": torch.tensor(seed, dtype=torch.int64),
             "episode": torch.tensor(index, dtype=torch.int64),
+            "episode_path": str(self.paths[index]),
+            "views": "|".join(views),
             "frame_indices": torch.from_numpy(idx.astype(np.int64)),
         }

@@ -11,26 +11,13 @@ from typing import Literal
 
 import torch
 
-GRID_STEPS = 1000
-
-
-def training_grid(shift: float, steps: int = GRID_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shifted training sigmas and timesteps, both float64 [steps], from σ=1 down.
-
-    σ_k = linspace(1, 0, steps + 1)[:-1], σ' = shift σ / (1 + (shift - 1) σ), t = 1000 σ'.
-    """
-    from aimg.model.schedule import shift_sigmas
-
-    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[:-1]
-    shifted = torch.as_tensor(shift_sigmas(sigmas, shift), dtype=torch.float64)
-    return shifted, shifted * 1000.0
-
-
-def reference_weights(timesteps: torch.Tensor, steps: int = GRID_STEPS) -> torch.Tensor:
-    """w(t) = y(t) - min y, normalised to mean 1 over the grid; y = exp(-2((t - 500)/1000)^2)."""
-    y = torch.exp(-2.0 * ((timesteps - steps / 2) / steps) ** 2)
-    y = y - y.min()
-    return y * (len(timesteps) / y.sum())
+from aimg.model.schedule import (
+    NUM_TRAIN_TIMESTEPS,
+    add_noise,
+    training_sigmas,
+    training_weights,
+    velocity_target,
+)
 
 
 class TimestepSampler:
@@ -47,9 +34,10 @@ class TimestepSampler:
         weighting: Literal["reference", "uniform"] = "reference",
     ) -> None:
         self.mode = mode
-        self.sigmas, self.timesteps = training_grid(shift)
+        self.sigmas = training_sigmas(shift)
+        self.timesteps = self.sigmas * NUM_TRAIN_TIMESTEPS
         if weighting == "reference":
-            self.weights = reference_weights(self.timesteps)
+            self.weights = training_weights(self.timesteps)
         else:
             self.weights = torch.ones_like(self.timesteps)
 
@@ -84,22 +72,16 @@ def seeded_noise(shape: tuple[int, ...], sample_seeds: torch.Tensor) -> torch.Te
     )
 
 
-def add_noise(
+def noised_latents(
     x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, clean: torch.Tensor
-) -> torch.Tensor:
-    """Noised latents x_t [B, C, F, h, w] with clean frames reset to x0.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, target v) for x0, noise [B, C, F, h, w], sigma [B], clean bool [B, F] or [F].
 
-    x0, noise: [B, C, F, h, w]; sigma: [B]; clean: bool [B, F] or [F] (True = conditioning).
+    Conditioning frames of x_t are reset to x0 (spec §5).
     """
     s = sigma.to(x0.dtype).view(-1, 1, 1, 1, 1)
-    xt = (1.0 - s) * x0 + s * noise
-    keep = _frame_mask(clean, x0)
-    return torch.where(keep, x0, xt)
-
-
-def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Velocity target v = ε - x0."""
-    return noise - x0
+    xt = torch.where(_frame_mask(clean, x0), x0, add_noise(x0, noise, s))
+    return xt, velocity_target(x0, noise)
 
 
 def masked_flow_loss(

@@ -1,0 +1,212 @@
+"""Open-loop evaluation of a trained checkpoint on held-out episode start states.
+
+For each episode: frame 0 of two views and the current-pose action image (clean conditioning,
+the i2va task) -> sampled action segments -> `aimg.codec.decode` -> the decoded trajectory.
+Scores: the distance of the final decoded position to the expert's final tool position (for
+`reach`, the hover point above the target cube), the horizontal distance to the target cube
+from the episode metadata (sim episodes: `metadata.scene.objects[0]`), and the mean position
+error over the segment. Contact sheets show predicted vs ground-truth action images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from aimg.training import checkpointing as ckpt
+from aimg.training.config import DataConfig, TrainConfig
+
+from aimg.config import from_dict
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run as asked; the message says what to do."""
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A step directory as given, or a run directory's latest checkpoint."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for checkpoints in (path / "checkpoints", path):
+        latest = ckpt.latest_checkpoint(checkpoints) if checkpoints.is_dir() else None
+        if latest is not None:
+            return latest
+    raise EvaluationError(
+        f"{path} is neither a checkpoint directory (config.json + model.safetensors) nor a run "
+        "directory with checkpoints: train first with `aimg train --config ...`"
+    )
+
+
+def target_cube_position(metadata: dict[str, Any]) -> np.ndarray | None:
+    """The target cube's centre [3] (m, base frame) from sim episode metadata, if recorded."""
+    scene = metadata.get("scene")
+    if not isinstance(scene, dict) or not scene.get("objects"):
+        return None
+    target = scene.get("target")
+    final = metadata.get("final_object_positions") or {}
+    if target in final:
+        return np.asarray(final[target], dtype=np.float64)
+    return np.asarray(scene["objects"][0]["position"], dtype=np.float64)
+
+
+def last_valid(positions: np.ndarray) -> np.ndarray | None:
+    """The last row of [T, 3] without NaN, or None."""
+    ok = np.isfinite(positions).all(axis=1)
+    return positions[np.flatnonzero(ok)[-1]] if ok.any() else None
+
+
+def contact_sheet(predicted: np.ndarray, truth: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """uint8 image: per view a row of ground-truth action images, then a row of predicted ones.
+
+    predicted, truth: [T, V, H, W, 3] in [0, 1]; rgb: [V, H, W, 3] in [0, 1] (frame 0, shown
+    at the start of each row).
+    """
+    num_frames, num_views, h, w, _ = truth.shape
+    gap = 2
+    sheet = np.ones(((2 * h + gap) * num_views, (num_frames + 1) * (w + gap), 3))
+    for v in range(num_views):
+        for r, images in enumerate((truth, predicted)):
+            y = (2 * v + r) * h + v * gap
+            sheet[y : y + h, :w] = rgb[v]
+            for t in range(num_frames):
+                x = (t + 1) * (w + gap)
+                sheet[y : y + h, x : x + w] = images[t, v]
+    return (np.clip(sheet, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    data: list[Path],
+    num_episodes: int = 50,
+    out_dir: Path | None = None,
+    threshold: float = 0.03,
+    device: str = "auto",
+    contact_sheets: int = 8,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate `checkpoint` on the first `num_episodes` episodes under `data`.
+
+    Returns {"summary": {...}, "episodes": [...]} and writes `report.json` plus
+    `sheet_XXX.png` contact sheets into `out_dir` (default `<checkpoint>/eval`).
+    """
+    from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
+    from aimg.training.distributed import resolve_device
+    from aimg.training.objective import WorldActionObjective, batch_cameras
+    from PIL import Image
+
+    from aimg.codec.decode import decode
+    from aimg.model.build import build_latent_codec, build_text_encoder
+    from aimg.model.checkpoint import load_checkpoint
+    from aimg.model.packing import Task
+    from aimg.model.sampler import decode_segments, sample
+
+    step_dir = resolve_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    loaded = load_checkpoint(step_dir, device=dev)
+    model, mcfg, sampling = loaded.model, loaded.model_config, loaded.sampling
+    extra = loaded.extra
+    dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
+    tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
+    try:
+        paths = find_episodes(data)[:num_episodes]
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
+    # Start states: frame 0, a fixed view pair, the real instruction.
+    dcfg = dataclasses.replace(dcfg, start_at_zero=1.0, text_dropout=0.0, max_start_fraction=0.0)
+    dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width)
+    codec = build_latent_codec(mcfg).to(dev)
+    text = build_text_encoder(mcfg)
+    objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, dev)
+    out_dir = Path(out_dir) if out_dir is not None else step_dir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results: list[dict[str, Any]] = []
+    for first in range(0, len(paths), batch_size):
+        items = [dataset[(i, seed + i)] for i in range(first, min(len(paths), first + batch_size))]
+        batch = torch.utils.data.default_collate(items)
+        inp = objective.inputs(batch, Task.JOINT)
+        negative = None
+        if sampling.cfg_scale != 1.0:
+            negative = text([sampling.negative_prompt] * len(items)).to(dev)
+        out = sample(
+            model,
+            inp["x0"],
+            inp["clean"],
+            inp["text"],
+            inp["cameras"],
+            negative_embeds=negative,
+            sampling=sampling,
+            seed=seed + first,
+        )
+        pixels = decode_segments(codec, out.latents, mcfg.views, True, "action")
+        predicted = ((pixels.float().clamp(-1, 1) + 1) / 2).permute(0, 3, 1, 4, 5, 2).cpu().numpy()
+        truth = ((batch["action_images"] + 1) / 2).permute(0, 3, 1, 4, 5, 2).numpy()
+        rgb0 = ((batch["video"][:, :, :, 0] + 1) / 2).permute(0, 1, 3, 4, 2).numpy()
+        for b, item in enumerate(items):
+            index = first + b
+            cameras = batch_cameras(batch, b)
+            decoded = decode(predicted[b], cameras)
+            gt = item["poses"].numpy()
+            result = score_episode(decoded.actions, gt, dataset.episode(index).metadata, threshold)
+            result.update(
+                episode=str(paths[index]),
+                views=item["views"],
+                confidence_mean=float(np.mean(decoded.confidence)),
+            )
+            if index < contact_sheets:
+                sheet = contact_sheet(predicted[b], truth[b], rgb0[b])
+                name = f"sheet_{index:03d}.png"
+                Image.fromarray(sheet).save(out_dir / name)
+                result["sheet"] = name
+            results.append(result)
+    summary = summarise(results, threshold)
+    summary.update(checkpoint=str(step_dir), out_dir=str(out_dir), steps=sampling.num_steps)
+    report = {"summary": summary, "episodes": results}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def score_episode(
+    decoded: np.ndarray, truth: np.ndarray, metadata: dict[str, Any], threshold: float
+) -> dict[str, Any]:
+    """Errors of decoded actions [T, 7] against the expert's poses [T, 7] (metres)."""
+    final = last_valid(decoded[:, :3])
+    gt_final = truth[-1, :3]
+    result: dict[str, Any] = {"decoded_frames": int(np.isfinite(decoded[:, :3]).all(1).sum())}
+    if final is None:
+        result.update(final_error_m=None, success=False)
+        return result
+    error = float(np.linalg.norm(final - gt_final))
+    per_frame = np.linalg.norm(decoded[:, :3] - truth[:, :3], axis=1)
+    result.update(
+        final_position=final.tolist(),
+        expert_final_position=gt_final.tolist(),
+        final_error_m=error,
+        mean_error_m=float(np.nanmean(per_frame)),
+        success=bool(error < threshold),
+    )
+    cube = target_cube_position(metadata)
+    if cube is not None:
+        result["cube_xy_error_m"] = float(np.linalg.norm(final[:2] - cube[:2]))
+    return result
+
+
+def summarise(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Success rate within `threshold` and error statistics over episodes."""
+    errors = [r["final_error_m"] for r in results if r.get("final_error_m") is not None]
+    cube = [r["cube_xy_error_m"] for r in results if "cube_xy_error_m" in r]
+    return {
+        "episodes": len(results),
+        "threshold_m": threshold,
+        "success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
+        "decode_failures": len(results) - len(errors),
+        "final_error_median_m": float(np.median(errors)) if errors else None,
+        "final_error_mean_m": float(np.mean(errors)) if errors else None,
+        "cube_xy_error_median_m": float(np.median(cube)) if cube else None,
+    }

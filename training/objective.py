@@ -1,0 +1,140 @@
+"""The world-action-model objective: a batch of clips -> packed latents -> masked flow loss.
+
+Per step: draw the task (spec §5 mixture), encode video and action images with the latent
+codec, pack views and modalities (`aimg.model.packing`), attach cached camera and text
+latents, noise with per-sample seeded noise at the drawn σ and return the weighted, masked
+flow-matching loss. All randomness comes from the run seed, the step and the sample seeds, so
+the loss of a global batch does not depend on how it is split over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from aimg.training.config import DataConfig, TrainConfig
+from aimg.training.latent_cache import LatentCache
+from aimg.training.loss import TimestepSampler, masked_flow_loss, noised_latents, seeded_noise
+from aimg.training.order import mix_seed
+from aimg.training.tasks import draw_task
+from torch import nn
+
+from aimg.config import to_dict
+from aimg.geometry import Camera
+from aimg.model.camera_latents import CameraLatentCache
+from aimg.model.config import ModelConfig
+from aimg.model.packing import Task, conditioning_mask, pack_camera_latents, pack_latents
+
+
+def batch_cameras(batch: dict[str, Any], index: int) -> list[Camera]:
+    """The cameras of sample `index` of a collated batch, one per view."""
+    K, c2w = batch["K"][index], batch["c2w"][index]
+    height, width = batch["video"].shape[-2:]
+    return [
+        Camera(K[v].double().numpy(), c2w[v].double().numpy(), width, height)
+        for v in range(K.shape[0])
+    ]
+
+
+class WorldActionObjective:
+    """Callable objective for `Trainer` (see the module docstring)."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        data_cfg: DataConfig,
+        train_cfg: TrainConfig,
+        codec: Any,
+        text_encoder: Any,
+        device: torch.device,
+        latent_cache: LatentCache | None = None,
+    ) -> None:
+        self.model_cfg = model_cfg
+        self.data_cfg = data_cfg
+        self.seed = train_cfg.seed
+        self.codec = codec
+        self.text_encoder = text_encoder
+        self.device = device
+        self.latent_cache = latent_cache
+        self.timesteps = TimestepSampler(
+            train_cfg.shift, train_cfg.timesteps, train_cfg.loss_weighting
+        )
+        self.cameras = CameraLatentCache(codec, max_entries=256)
+        self.per_token = model_cfg.transformer.timestep_mode == "per_token"
+
+    def task(self, step: int) -> Task:
+        return draw_task(self.data_cfg.tasks, self.seed, step)
+
+    def _encode(self, pixels: torch.Tensor, batch: dict[str, Any], modality: str) -> torch.Tensor:
+        """pixels [B, V, 3, T, H, W] -> latents [B, V, C, T_l, h, w] on the device."""
+        b, v = pixels.shape[:2]
+        if self.latent_cache is None:
+            with torch.no_grad():
+                lat = self.codec.encode(pixels.flatten(0, 1).to(self.device))
+            return lat.unflatten(0, (b, v)).float()
+        out = []
+        for i in range(b):
+            views = batch["views"][i].split("|")
+            for j in range(v):
+                key = self.latent_cache.key(
+                    batch["episode_path"][i],
+                    views[j],
+                    modality,
+                    batch["frame_indices"][i].tolist(),
+                    tuple(pixels.shape[-2:]),
+                )
+
+                def compute(i: int = i, j: int = j) -> torch.Tensor:
+                    with torch.no_grad():
+                        return self.codec.encode(pixels[i, j][None].to(self.device))[0]
+
+                out.append(self.latent_cache.get_or_compute(key, compute))
+        return torch.stack(out).unflatten(0, (b, v)).to(self.device).float()
+
+    def camera_latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[B, V, T_l, C_cam, h, w] from the (cached) Plücker encodings of each sample's cameras."""
+        frames = batch["video"].shape[3]
+        height, width = batch["video"].shape[-2:]
+        out = []
+        for i in range(batch["video"].shape[0]):
+            cams = batch_cameras(batch, i)
+            relative = cams[0].c2w if self.data_cfg.relative_cameras else None
+            out.append(self.cameras.get(cams, frames, height, width, relative))
+        return torch.stack(out).to(self.device)
+
+    def inputs(self, batch: dict[str, Any], task: Task) -> dict[str, torch.Tensor]:
+        """Clean packed latents x0, mask, text and camera latents of a batch for `task`."""
+        video = self._encode(batch["video"], batch, "video")
+        action = None
+        if task.with_actions:
+            action = self._encode(batch["action_images"], batch, "action")
+        num_views, latent_frames = video.shape[1], video.shape[3]
+        return {
+            "x0": pack_latents(video, action),
+            "clean": conditioning_mask(task, num_views, latent_frames).to(self.device),
+            "text": self.text_encoder(list(batch["instruction"])).to(self.device),
+            "cameras": pack_camera_latents(self.camera_latents(batch), task.with_actions),
+        }
+
+    def __call__(
+        self, model: nn.Module, batch: dict[str, Any], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        task = self.task(step)
+        inp = self.inputs(batch, task)
+        x0, clean = inp["x0"], inp["clean"]
+        seeds = batch["seed"]
+        draw = self.timesteps.draw(seeds, mix_seed(self.seed, 0x71AE, step))
+        noise = seeded_noise(tuple(x0.shape[1:]), seeds).to(self.device)
+        xt, target = noised_latents(x0, noise, draw["sigma"].to(self.device), clean)
+        t = draw["timestep"].to(self.device)
+        if self.per_token:
+            t = t[:, None].expand(-1, clean.shape[0]).masked_fill(clean[None], 0.0)
+        pred = model(xt, t, inp["text"], inp["cameras"])
+        loss = masked_flow_loss(pred, target, clean, draw["weight"].to(self.device))
+        return loss, {}
+
+
+def codec_signature(model_cfg: ModelConfig) -> str:
+    """What identifies a codec's latents (for the latent cache)."""
+    return json.dumps(to_dict(model_cfg.codec), sort_keys=True)

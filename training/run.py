@@ -1,0 +1,146 @@
+"""Assemble and run one training job from a preset: what `aimg train` does on every rank."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from aimg.training import checkpointing as ckpt
+from aimg.training.config import TrainingPreset
+from aimg.training.dataset import EpisodeClipDataset, find_episodes
+from aimg.training.distributed import DistContext, init_distributed, shutdown_distributed
+from aimg.training.latent_cache import LatentCache
+from aimg.training.objective import WorldActionObjective, codec_signature
+from aimg.training.trainer import Trainer
+
+from aimg.config import to_dict
+
+PRESET_FILE = "preset.yaml"
+
+
+class RunError(ValueError):
+    """The run cannot start as asked; the message says what to do."""
+
+
+def override(
+    preset: TrainingPreset,
+    run_dir: Path | None = None,
+    max_steps: int | None = None,
+    data: list[Path] | None = None,
+    device: str | None = None,
+) -> TrainingPreset:
+    """The preset with command-line overrides applied (validated like the file)."""
+    train, data_cfg = preset.train, preset.data
+    changes: dict[str, Any] = {}
+    if run_dir is not None:
+        changes["run_dir"] = Path(run_dir)
+    if max_steps is not None:
+        changes["max_steps"] = max_steps
+    if device is not None:
+        changes["device"] = device
+    if changes:
+        train = dataclasses.replace(train, **changes)
+    if data:
+        data_cfg = dataclasses.replace(data_cfg, roots=[Path(p) for p in data])
+    return dataclasses.replace(preset, train=train, data=data_cfg)
+
+
+def preset_dict(preset: TrainingPreset) -> dict[str, Any]:
+    """The resolved preset (all four sections) as plain data."""
+    return {
+        "model": to_dict(preset.model),
+        "sampling": to_dict(preset.sampling),
+        "data": to_dict(preset.data),
+        "train": to_dict(preset.train),
+    }
+
+
+def model_saver(preset: TrainingPreset) -> ckpt.ModelSaver:
+    """Writes a step directory's model in the `aimg.model.checkpoint` format.
+
+    The full state dict is assigned into a weightless (meta) model, so FSDP shards gathered on
+    rank 0 are saved without a second copy; the data and train sections go into `extra`.
+    """
+    from aimg.model.build import build_model
+    from aimg.model.checkpoint import save_checkpoint
+
+    sections = preset_dict(preset)
+    extra = {"data": sections["data"], "train": sections["train"]}
+
+    def save(directory: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        with torch.device("meta"):
+            shell = build_model(preset.model, init=False)
+        shell.load_state_dict(state, strict=True, assign=True)
+        save_checkpoint(directory, shell, preset.model, preset.sampling, extra=extra)
+
+    return save
+
+
+def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = True) -> Trainer:
+    """Dataset, model, codec, text encoder and objective for a preset, wired into a Trainer."""
+    from aimg.model.build import build_latent_codec, build_model, build_text_encoder
+
+    mcfg, dcfg, tcfg = preset.model, preset.data, preset.train
+    episodes = find_episodes(dcfg.roots)
+    dataset = EpisodeClipDataset(episodes, dcfg, mcfg.frames, mcfg.height, mcfg.width)
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank (FSDP does not sync)
+    model = build_model(mcfg)
+    codec = build_latent_codec(mcfg).to(ctx.device)
+    text = build_text_encoder(mcfg)
+    if hasattr(text, "to"):
+        text = text.to(ctx.device)
+    cache = None
+    if dcfg.latent_cache is not None:
+        cache = LatentCache(dcfg.latent_cache, codec_signature(mcfg))
+    objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, ctx.device, cache)
+    return Trainer(
+        model,
+        objective,
+        dataset,
+        tcfg,
+        ctx,
+        num_workers=dcfg.num_workers,
+        save_model=model_saver(preset),
+        progress=progress,
+    )
+
+
+def run_training(preset: TrainingPreset, resume: bool, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a preset in this process; returns a summary (rank 0's view)."""
+    run_dir = preset.train.run_dir
+    checkpoints = run_dir / "checkpoints"
+    if not resume and ckpt.latest_checkpoint(checkpoints) is not None:
+        raise RunError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue that run, or "
+            "choose a new --run-dir"
+        )
+    ctx = init_distributed(preset.train.device)
+    try:
+        trainer = build_trainer(preset, ctx, progress)
+        resumed_from = trainer.step
+        if resume and trainer.resume_latest():
+            resumed_from = trainer.step
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / PRESET_FILE).write_text(yaml.safe_dump(preset_dict(preset), sort_keys=False))
+        metrics = trainer.fit()
+        latest = ckpt.latest_checkpoint(checkpoints)
+        return {
+            "run_dir": str(run_dir),
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
+            "start_step": resumed_from,
+            "step": trainer.step,
+            "checkpoint": str(latest) if latest else None,
+            **{k: round(v, 6) for k, v in metrics.items()},
+        }
+    finally:
+        shutdown_distributed()
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2)
