@@ -341,7 +341,10 @@ def _check_index(index: int | None) -> None:
 
 
 def _make_temp_dir(root: Path, index: int | None) -> Path:
+    """The hidden directory an episode is written into; refuses a taken index up front."""
     root.mkdir(parents=True, exist_ok=True)
+    if index is not None and (root / episode_dir_name(index)).exists():
+        raise _exists_error(root / episode_dir_name(index))
     label = "next" if index is None else f"{index:0{INDEX_DIGITS}d}"
     tmp = root / f".{EPISODE_PREFIX}{label}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -450,7 +453,11 @@ def _commit(root: Path, tmp: Path, index: int, retry: bool) -> Path:
                 _fsync_dir(root)
                 return final
         if not retry:
-            raise FileExistsError(
-                f"episode {final} already exists: choose another index or pass index=None"
-            )
+            raise _exists_error(final)
         index += 1
+
+
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(
+        f"episode {path} already exists: choose another index or pass index=None"
+    )

@@ -367,6 +367,14 @@ def test_exception_while_streaming_discards_the_episode(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_streaming_into_a_taken_index_is_refused_before_recording(tmp_path: Path) -> None:
+    data = make_data()
+    write_episode(tmp_path, data, index=3)
+    with pytest.raises(FileExistsError, match="episode_000003 already exists"):
+        EpisodeWriter(tmp_path, "x", "t", {"front": data.cameras["front"]}, index=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["episode_000003"]
+
+
 def test_committing_an_empty_stream_is_refused(tmp_path: Path) -> None:
     data = make_data()
     with EpisodeWriter(tmp_path, "x", "t", {"front": data.cameras["front"]}) as writer:
