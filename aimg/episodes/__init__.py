@@ -16,7 +16,8 @@ loader touches only the frames it samples. Writers fill a hidden temporary sibli
 atomic on POSIX, so a crash never leaves a directory that `list_episodes` returns.
 
 Modules: `schema` (names, constants, `EpisodeData`, value checks), `layout` (the root directory:
-listing, numbering, clean-up), `writer`, `reader`. Imports only `aimg.geometry` from the core.
+listing, numbering, clean-up), `writer`, `reader`, `bench`. From the core it imports only
+`aimg.geometry` and the version.
 """
 
 from aimg.episodes.layout import list_episodes, next_episode_index, remove_stale_temp_dirs
