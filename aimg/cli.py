@@ -62,6 +62,22 @@ def bench_codec(
     typer.echo(json.dumps(result, indent=2) if as_json else str(result))
 
 
+@bench_app.command("episodes")
+def bench_episodes(
+    episodes: int = typer.Option(200, help="Episodes to write and read back."),
+    views: int = typer.Option(2, help="Camera views per episode."),
+    frames: int = typer.Option(60, help="Frames per episode."),
+    size: int = typer.Option(128, help="Image height and width in pixels."),
+    samples: int = typer.Option(5000, help="Random single-frame reads to time."),
+    directory: str = typer.Option(None, "--dir", help="Where to create the temporary root."),
+) -> None:
+    """Time writing, listing, validating and random-frame reading of episodes."""
+    from aimg.episodes.bench import run_episodes_benchmark
+
+    result = run_episodes_benchmark(episodes, views, frames, size, samples, directory)
+    typer.echo(json.dumps(result, indent=2))
+
+
 def _register_stage_commands() -> None:
     for entry in importlib.metadata.entry_points(group="aimg.commands"):
         sub_app = entry.load()
