@@ -289,7 +289,7 @@ def _residuals(
     r = np.zeros(num_views * 6)
     jac = np.zeros((num_views * 6, 6))
     for v in range(num_views):
-        rc = c2w[v, :3, :3]
+        rc = np.ascontiguousarray(c2w[v, :3, :3])
         t = c2w[v, :3, 3]
         for k in range(3):
             w = weight[v, k]
