@@ -20,6 +20,9 @@ import numpy as np
 
 URDF_NAME = "xarm/xarm6_with_gripper.urdf"
 DEFAULT_CELL_M = 0.004
+TCP_MARKER_LINK = "tcp_marker"
+#: Bump when the generated URDF changes, so caches are rebuilt.
+_LIGHT_VERSION = 2
 _MESH = re.compile(r'filename="package://([^"]+)"')
 
 
@@ -72,12 +75,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "sim"
 
 
-def light_xarm_urdf(cache_dir: Path | None = None, cell: float = DEFAULT_CELL_M) -> Path:
-    """Path of the light xArm URDF, building it on first use (takes about a second)."""
+def light_xarm_urdf(
+    cache_dir: Path | None = None, cell: float = DEFAULT_CELL_M, tcp_offset_m: float = 0.172
+) -> Path:
+    """Path of the light xArm URDF, building it on first use (takes about a second).
+
+    It also gains a massless link `tcp_marker` fixed to the flange at the TCP (`tcp_offset_m`
+    along flange z) with an invisible sphere: PyBullet renders it with its own kinematics, which
+    is how the simulator checks that the tool pose it reports lands on the rendered TCP.
+    """
     data = pybullet_data_path()
     source = data / URDF_NAME
     text = source.read_text()
-    digest = hashlib.sha256(f"{text}|{cell}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{text}|{cell}|{tcp_offset_m}|{_LIGHT_VERSION}".encode()).hexdigest()[
+        :12
+    ]
     target = (cache_dir or default_cache_dir()) / f"xarm6_light_{digest}"
     urdf = target / "xarm6_with_gripper_light.urdf"
     if urdf.exists():
@@ -85,7 +97,7 @@ def light_xarm_urdf(cache_dir: Path | None = None, cell: float = DEFAULT_CELL_M)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _build(source, text, tmp, cell)
+        _build(source, text, tmp, cell, tcp_offset_m)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first: use its copy
@@ -96,7 +108,7 @@ def light_xarm_urdf(cache_dir: Path | None = None, cell: float = DEFAULT_CELL_M)
     return urdf
 
 
-def _build(source: Path, text: str, out: Path, cell: float) -> None:
+def _build(source: Path, text: str, out: Path, cell: float, tcp_offset_m: float) -> None:
     """Write the light URDF into `out`: visual meshes clustered, collision meshes referenced."""
     package_root = source.parent
     visual_spans = [m.span() for m in re.finditer(r"<visual>.*?</visual>", text, flags=re.S)]
@@ -114,4 +126,28 @@ def _build(source: Path, text: str, out: Path, cell: float) -> None:
             return f'filename="{name}"'
         return f'filename="{mesh}"'
 
-    (out / "xarm6_with_gripper_light.urdf").write_text(_MESH.sub(replace, text))
+    light = _MESH.sub(replace, text)
+    end = light.rindex("</robot>")
+    light = light[:end] + _TCP_MARKER.format(z=tcp_offset_m, name=TCP_MARKER_LINK) + light[end:]
+    (out / "xarm6_with_gripper_light.urdf").write_text(light)
+
+
+_TCP_MARKER = """
+  <joint name="{name}_joint" type="fixed">
+    <parent link="link6"/>
+    <child link="{name}"/>
+    <origin rpy="0 0 0" xyz="0 0 {z}"/>
+  </joint>
+  <link name="{name}">
+    <inertial>
+      <origin rpy="0 0 0" xyz="0 0 0"/>
+      <mass value="0.0001"/>
+      <inertia ixx="1e-9" ixy="0" ixz="0" iyy="1e-9" iyz="0" izz="1e-9"/>
+    </inertial>
+    <visual>
+      <origin rpy="0 0 0" xyz="0 0 0"/>
+      <geometry><sphere radius="0.015"/></geometry>
+      <material name="{name}_material"><color rgba="1 0 1 0"/></material>
+    </visual>
+  </link>
+"""

@@ -1,8 +1,12 @@
 """Static simulated cameras: exact `Camera` calibration <-> PyBullet's OpenGL matrices.
 
-The conversion is exact in both directions. OpenGL puts pixel centres at +0.5 (the continuous
-coordinate of pixel i's centre is i + 0.5), aimg puts them at the index, so a centred camera has
-cx = W / 2 - 0.5. The OpenGL camera looks along -z with y up; OpenCV looks along +z with y down.
+The OpenGL camera looks along -z with y up; OpenCV looks along +z with y down. Pixels: aimg's
+pixel (u, v) = (column, row) index is the coordinate of the pixel's centre. Where a renderer
+samples each pixel differs: hardware OpenGL samples pixel centres at window coordinate
+(i + 0.5, j + 0.5), but PyBullet's CPU `ER_TINY_RENDERER` samples column i at x = i and, after
+flipping rows to top-down order, row j at y = j + 1 from the top (measured with segmentation
+masks, see tests/robot/test_cameras.py). `TINY_RENDERER_SAMPLE_OFFSET` = (0, 1) is that shift;
+with it, the projection matrix makes the rendered image obey `Camera.project` exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import numpy as np
 from aimg.geometry import Camera, intrinsics_matrix, invert_pose, look_at
 
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+#: Window coordinates (x from the left, y from the top) at which ER_TINY_RENDERER samples
+#: pixel (0, 0); hardware OpenGL would be (0.5, 0.5).
+TINY_RENDERER_SAMPLE_OFFSET = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -56,29 +64,48 @@ def gl_view_matrix(camera: Camera) -> list[float]:
     return w2c_gl.T.reshape(-1).tolist()
 
 
-def gl_projection_matrix(camera: Camera, near: float, far: float) -> list[float]:
-    """PyBullet projection matrix (16 floats, column-major) reproducing `camera.K` exactly."""
+def gl_projection_matrix(
+    camera: Camera,
+    near: float,
+    far: float,
+    sample_offset: tuple[float, float] = TINY_RENDERER_SAMPLE_OFFSET,
+) -> list[float]:
+    """PyBullet projection matrix (16 floats, column-major) reproducing `camera.K` exactly.
+
+    `sample_offset`: window coordinates where the renderer samples pixel (0, 0) (see module doc).
+    """
     K, w, h = camera.K, camera.width, camera.height
+    ox, oy = sample_offset
     if abs(K[0, 1]) > 1e-12:
         raise ValueError("OpenGL projection cannot express a skewed K (K[0, 1] != 0)")
     proj = np.zeros((4, 4))
     proj[0, 0] = 2.0 * K[0, 0] / w
-    proj[0, 2] = 1.0 - 2.0 * (K[0, 2] + 0.5) / w
+    proj[0, 2] = 1.0 - 2.0 * (K[0, 2] + ox) / w
     proj[1, 1] = 2.0 * K[1, 1] / h
-    proj[1, 2] = 2.0 * (K[1, 2] + 0.5) / h - 1.0
+    proj[1, 2] = 2.0 * (K[1, 2] + oy) / h - 1.0
     proj[2, 2] = -(far + near) / (far - near)
     proj[2, 3] = -2.0 * far * near / (far - near)
     proj[3, 2] = -1.0
     return proj.T.reshape(-1).tolist()
 
 
-def intrinsics_from_gl(projection: Sequence[float], width: int, height: int) -> np.ndarray:
-    """K [3, 3] in aimg's pixel convention from a PyBullet projection matrix (column-major)."""
+def intrinsics_from_gl(
+    projection: Sequence[float],
+    width: int,
+    height: int,
+    sample_offset: tuple[float, float] = TINY_RENDERER_SAMPLE_OFFSET,
+) -> np.ndarray:
+    """K [3, 3] in aimg's pixel convention from a PyBullet projection matrix (column-major).
+
+    The inverse of `gl_projection_matrix`: e.g. `computeProjectionMatrixFOV` rendered by
+    ER_TINY_RENDERER has cx = W / 2 and cy = H / 2 - 1, not the centre (W - 1) / 2.
+    """
     proj = np.asarray(projection, dtype=np.float64).reshape(4, 4).T
+    ox, oy = sample_offset
     fx = proj[0, 0] * width / 2.0
     fy = proj[1, 1] * height / 2.0
-    cx = (1.0 - proj[0, 2]) * width / 2.0 - 0.5
-    cy = (1.0 + proj[1, 2]) * height / 2.0 - 0.5
+    cx = (1.0 - proj[0, 2]) * width / 2.0 - ox
+    cy = (1.0 + proj[1, 2]) * height / 2.0 - oy
     return intrinsics_matrix(fx, fy, cx, cy)
 
 

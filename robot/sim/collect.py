@@ -24,7 +24,7 @@ from aimg.episodes import (
     remove_stale_temp_dirs,
     write_episode,
 )
-from aimg.geometry import matrix_to_action
+from aimg.geometry import Camera, matrix_to_action
 
 SETTLE_S = 0.25
 FINAL_HOLD_S = 0.4
@@ -46,8 +46,16 @@ def episode_seed(base_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([base_seed, index]).generate_state(1)[0])
 
 
-def run_episode(world: SimWorld, settings: RolloutSettings, seed: int) -> EpisodeData:
-    """One expert episode; the world is reset with `seed`, so the result depends on nothing else."""
+def run_episode(
+    world: SimWorld,
+    settings: RolloutSettings,
+    seed: int,
+    on_frame: Callable[[SimWorld, dict[str, Camera]], None] | None = None,
+) -> EpisodeData:
+    """One expert episode; the world is reset with `seed`, so the result depends on nothing else.
+
+    `on_frame(world, cameras)` is called at every recorded frame (for measurements).
+    """
     task = get_task(settings.task)
     world.reset(seed)
     scene = task.sample_scene(world.rng)
@@ -84,6 +92,8 @@ def run_episode(world: SimWorld, settings: RolloutSettings, seed: int) -> Episod
             joints.append(state.joints)
             commands.append(matrix_to_action(target, plan.gripper(t)))
             stamps.append(state.timestamp_ns - start_ns)
+            if on_frame is not None:
+                on_frame(world, cameras)
         if step < total_steps:
             world.set_servo_target(target)
             world.set_gripper_target(plan.gripper(t))

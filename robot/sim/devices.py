@@ -142,3 +142,19 @@ class SimCameraRig(CameraRig):
             device_timestamps_ns={name: stamp for name in images},
             host_timestamps_ns={name: host for name in images},
         )
+
+
+def make_sim_devices(
+    real_time: bool = True,
+    seed: int = 0,
+    views: int = 2,
+    height: int = 128,
+    width: int = 128,
+    config: CellConfig | None = None,
+) -> dict[str, Arm | CameraRig]:
+    """An arm and a camera rig on one new world: the device factory for `aimg.robot.remote`."""
+    world = SimWorld(config, seed=seed)
+    return {
+        "arm": SimArm(world, real_time=real_time),
+        "rig": SimCameraRig(world, default_camera_specs(views), height, width),
+    }

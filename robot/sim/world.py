@@ -11,6 +11,7 @@ stop the arm until `clear_errors()` + `enable()`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -84,7 +85,7 @@ class SimWorld:
         bullet_client = require("pybullet_utils.bullet_client", "sim", package="pybullet")
         self.client = bullet_client.BulletClient(connection_mode=self._pb.DIRECT)
         self.lock = threading.RLock()
-        self._urdf = urdf or light_xarm_urdf()
+        self._urdf = urdf or light_xarm_urdf(tcp_offset_m=TCP_OFFSET_M)
         self._thread: threading.Thread | None = None
         self._stop_thread = threading.Event()
         self.objects: dict[str, int] = {}
@@ -476,7 +477,5 @@ class SimWorld:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit PyBullet may be gone
             self.close()
-        except Exception:  # interpreter shutdown: PyBullet may already be gone
-            pass
