@@ -210,7 +210,8 @@ class WorldActionModel(ModelMixin, ConfigMixin):
                 f"got {tuple(camera_latents.shape)}"
             )
 
-        rotary_emb = self.rope(hidden_states)
+        rope_dtype = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
+        rotary_emb = tuple(r.to(rope_dtype) for r in self.rope(hidden_states))
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
 
         if timestep.ndim == 2:
