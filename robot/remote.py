@@ -112,6 +112,11 @@ class Channel:
         _, name, detail = reply
         raise _ERRORS.get(name, RemoteError)(detail)
 
+    @property
+    def server_alive(self) -> bool:
+        """Whether the server process (if this channel started one) is still running."""
+        return self._process is not None and self._process.is_alive()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the server to disconnect its devices and exit; then wait for its process."""
         with self._lock:

@@ -165,7 +165,7 @@ class PickTask(Task):
         cube = np.array(scene.target.position)
         yaw = grasp_yaw(scene.target.yaw, scene.start_yaw)
         above = cube + [0.0, 0.0, 0.10]
-        grasp = cube + [0.0, 0.0, 0.002]
+        grasp = cube + [0.0, 0.0, -0.008]
         lift = cube + [0.0, 0.0, self.lift_m]
         return _plan(
             scene,

@@ -28,6 +28,7 @@ from aimg.optional import require
 
 ARM_JOINTS = (1, 2, 3, 4, 5, 6)
 FLANGE_LINK = 6
+GRIPPER_BASE_LINK = 7
 GRIPPER_DRIVE = 8
 GRIPPER_MIMIC = (9, 10, 11, 12, 13)
 GRIPPER_LINKS = (7, 8, 9, 10, 11, 12, 13)
@@ -48,8 +49,11 @@ class CellConfig:
     workspace_low: tuple[float, float, float] = (0.12, -0.5, -0.01)
     workspace_high: tuple[float, float, float] = (0.80, 0.5, 0.65)
     gripper_speed: float = 2.5
-    gripper_force: float = 40.0
+    gripper_force: float = 20.0
+    gripper_linkage_force: float = 200.0
+    grasp_max_force: float = 60.0
     contact_force_limit: float = 80.0
+    unreachable_timeout_s: float = 0.3
     table_half_extents: tuple[float, float, float] = (0.45, 0.6, 0.025)
     table_center_xy: tuple[float, float] = (0.4, 0.0)
     table_rgba: tuple[float, float, float, float] = (0.52, 0.44, 0.36, 1.0)
@@ -114,9 +118,11 @@ class SimWorld:
                 center,
             )
             c.changeDynamics(self.table, -1, lateralFriction=0.8)
-            flags = pb.URDF_USE_SELF_COLLISION | pb.URDF_USE_SELF_COLLISION_EXCLUDE_ALL_PARENTS
-            self.robot = c.loadURDF(str(self._urdf), useFixedBase=True, flags=flags)
-            hand = (FLANGE_LINK, *GRIPPER_LINKS)
+            self.robot = c.loadURDF(
+                str(self._urdf), useFixedBase=True, flags=pb.URDF_USE_SELF_COLLISION
+            )
+            # The gripper's linkage is an open tree in the URDF whose links overlap by design.
+            hand = (FLANGE_LINK, *GRIPPER_LINKS, c.getNumJoints(self.robot) - 1)
             for i, a in enumerate(hand):
                 for b in hand[i + 1 :]:
                     c.setCollisionFilterPair(self.robot, self.robot, a, b, 0)
@@ -134,6 +140,8 @@ class SimWorld:
             self._error = ArmErrorCode.NONE
             self._enabled = True
             self._target: np.ndarray | None = None
+            self._stalled_s = 0.0
+            self._grasp: int | None = None
             self._gripper_target = 1.0
             self._gripper_cmd = 0.0
             self.reset_arm(top_down_pose(np.array(cfg.home_tcp)), gripper=1.0)
@@ -187,6 +195,13 @@ class SimWorld:
         """Teleport the arm (no physics) to a TCP pose; used to set up a scene, never to move."""
         with self.lock:
             q = self._ik(tool_pose, self.joints(), iterations=6, teleport=True)
+            self.reset_joints(q, gripper)
+            self._target = np.asarray(tool_pose, dtype=np.float64).copy()
+
+    def reset_joints(self, joints: np.ndarray, gripper: float = 1.0) -> None:
+        """Teleport the arm to joint angles [6] (rad); the current pose becomes the target."""
+        with self.lock:
+            q = np.asarray(joints, dtype=np.float64)
             for j, angle in zip(ARM_JOINTS, q, strict=True):
                 self.client.resetJointState(self.robot, j, float(angle))
             angle = (1.0 - float(np.clip(gripper, 0.0, 1.0))) * GRIPPER_CLOSED_ANGLE
@@ -195,7 +210,7 @@ class SimWorld:
             self._q_cmd = q.copy()
             self._gripper_cmd = angle
             self._gripper_target = float(np.clip(gripper, 0.0, 1.0))
-            self._target = np.asarray(tool_pose, dtype=np.float64).copy()
+            self._target = self.tool_pose()
             self._apply_motors()
 
     def joints(self) -> np.ndarray:
@@ -320,6 +335,9 @@ class SimWorld:
             if np.any(q_goal < self.joint_lower - 1e-3) or np.any(q_goal > self.joint_upper + 1e-3):
                 self._fault(ArmErrorCode.JOINT_LIMIT)
                 return
+            if not self._tracking(q_goal, dt):
+                self._fault(ArmErrorCode.KINEMATICS)
+                return
             step = self.config.joint_speed_limit * dt
             self._q_cmd = self._q_cmd + np.clip(q_goal - self._q_cmd, -step, step)
             goal = (1.0 - self._gripper_target) * GRIPPER_CLOSED_ANGLE
@@ -327,6 +345,62 @@ class SimWorld:
             self._gripper_cmd += float(np.clip(goal - self._gripper_cmd, -g_step, g_step))
         self._apply_motors()
         self._check_contacts()
+        self._update_grasp()
+
+    def _update_grasp(self) -> None:
+        """Grasp assist (as RLBench does): weld an object squeezed by both finger pads.
+
+        The fingers close physically and stop on the object; once both pads touch it while the
+        gripper is commanded closed, the object is fixed to the hand at its current relative
+        pose, and released as soon as the gripper is commanded open. PyBullet's friction alone
+        lets a 4-bar gripper's arcing pads roll a small cube out of the grasp.
+        """
+        c = self.client
+        if self._grasp is not None:
+            if self._gripper_target > 0.5 or self._error == ArmErrorCode.EMERGENCY_STOP:
+                c.removeConstraint(self._grasp)
+                self._grasp = None
+            return
+        if self._gripper_target > 0.5:
+            return
+        for body in self.objects.values():
+            touching = {contact[3] for contact in c.getContactPoints(self.robot, body)}
+            if all(link in touching for link in FINGER_LINKS):
+                hand = c.getLinkState(self.robot, GRIPPER_BASE_LINK)
+                hand_com = pose_to_matrix(np.array(hand[0]), quat_to_matrix(np.array(hand[1])))
+                position, quat = c.getBasePositionAndOrientation(body)
+                obj = pose_to_matrix(np.array(position), quat_to_matrix(np.array(quat)))
+                relative = invert_pose(hand_com) @ obj
+                self._grasp = c.createConstraint(
+                    self.robot,
+                    GRIPPER_BASE_LINK,
+                    body,
+                    -1,
+                    self._pb.JOINT_FIXED,
+                    [0.0, 0.0, 0.0],
+                    relative[:3, 3].tolist(),
+                    [0.0, 0.0, 0.0],
+                    matrix_to_quat(relative[:3, :3]).tolist(),
+                    [0.0, 0.0, 0.0, 1.0],
+                )
+                c.changeConstraint(self._grasp, maxForce=self.config.grasp_max_force)
+                return
+
+    @property
+    def grasped(self) -> bool:
+        """Whether an object is currently held (welded by the grasp assist)."""
+        return self._grasp is not None
+
+    def _tracking(self, q_goal: np.ndarray, dt: float) -> bool:
+        """False once the joints have settled on the IK answer but the TCP is still off target.
+
+        That is an unreachable target (beyond reach, or a pose the wrist cannot take): the real
+        controller refuses it with a kinematics error instead of stopping somewhere else.
+        """
+        settled = np.max(np.abs(q_goal - self.joints())) < 2e-3
+        off = np.linalg.norm(self._target[:3, 3] - self.tool_pose()[:3, 3]) > 0.01
+        self._stalled_s = self._stalled_s + dt if (settled and off) else 0.0
+        return self._stalled_s < self.config.unreachable_timeout_s
 
     def _apply_motors(self) -> None:
         pb, c, cfg = self._pb, self.client, self.config
@@ -354,7 +428,8 @@ class SimWorld:
             GRIPPER_MIMIC,
             pb.POSITION_CONTROL,
             targetPositions=[drive] * len(GRIPPER_MIMIC),
-            forces=[cfg.gripper_force] * len(GRIPPER_MIMIC),
+            forces=[cfg.gripper_linkage_force] * len(GRIPPER_MIMIC),
+            positionGains=[1.0] * len(GRIPPER_MIMIC),
         )
 
     def _check_contacts(self) -> None:
