@@ -1,0 +1,162 @@
+"""Training clips from episodes: shapes, ranges, cameras, action images, sampling, task mixture."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from aimg.training.config import DataConfig, TaskMixture
+from aimg.training.dataset import (
+    DatasetError,
+    EpisodeClipDataset,
+    clip_indices,
+    crop_resize_camera,
+    crop_resize_frames,
+    find_episodes,
+)
+from aimg.training.tasks import draw_task
+from training_fixtures import VIEWS, make_camera, synthetic_episode, write_synthetic_episodes
+
+from aimg.codec import render
+from aimg.episodes import read_episode, write_episode
+from aimg.model.packing import Task
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("episodes")
+    write_synthetic_episodes(root, 2, frames=12, views=VIEWS)
+    return find_episodes([root])
+
+
+def _dataset(episodes, **cfg) -> EpisodeClipDataset:
+    base = {"roots": [episodes[0].parent], "stride": 2}
+    return EpisodeClipDataset(episodes, DataConfig(**{**base, **cfg}), 5, 32, 32)
+
+
+def test_item_has_two_views_of_video_and_action_images_in_minus_one_to_one(episodes):
+    item = _dataset(episodes)[(1, 5)]
+    for key in ("video", "action_images"):
+        assert item[key].shape == (2, 3, 5, 32, 32)
+        assert item[key].dtype == torch.float32
+        assert item[key].min() >= -1.0 and item[key].max() <= 1.0
+    assert item["K"].shape == (2, 3, 3) and item["c2w"].shape == (2, 4, 4)
+    assert item["poses"].shape == (5, 7)
+    assert item["frame_indices"].shape == (5,)
+
+
+def test_action_images_render_the_clip_poses_with_the_resized_cameras(episodes):
+    ds = _dataset(episodes)
+    item = ds[(0, 9)]
+    ep = read_episode(episodes[0])
+    views = item["views"].split("|")
+    cams = [crop_resize_camera(ep.camera(v), 32, 32) for v in views]
+    poses = ep.poses[item["frame_indices"].numpy()]
+    expected = render(poses, cams, 32, 32)  # [T, V, H, W, 3] in [0, 1]
+    got = (item["action_images"].permute(2, 0, 3, 4, 1).numpy() + 1) / 2
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_array_equal(item["poses"].numpy(), poses)
+
+
+def test_video_frames_are_the_episode_frames_at_the_clip_indices(episodes):
+    item = _dataset(episodes, start_at_zero=1.0)[(0, 3)]
+    ep = read_episode(episodes[0])
+    cond = item["views"].split("|")[0]
+    expected = crop_resize_frames(ep.frames(cond)[item["frame_indices"].numpy()], 32, 32)
+    assert item["frame_indices"][0] == 0
+    torch.testing.assert_close(item["video"][0], expected)
+
+
+def test_items_are_a_pure_function_of_index_and_seed(episodes):
+    a, b = _dataset(episodes)[(1, 123)], _dataset(episodes)[(1, 123)]
+    for key in ("video", "action_images", "frame_indices"):
+        assert torch.equal(a[key], b[key])
+    assert a["views"] == b["views"]
+
+
+def test_view_pairs_are_distinct_and_cover_every_ordered_pair(episodes):
+    ds = _dataset(episodes)
+    pairs = collections.Counter(ds[(0, s)]["views"] for s in range(120))
+    assert all(len(set(p.split("|"))) == 2 for p in pairs)
+    assert len(pairs) == 6  # 3 views -> 6 ordered pairs (condition view first)
+
+
+def test_configured_views_restrict_the_pair(episodes):
+    ds = _dataset(episodes, views=["front", "top"])
+    assert {ds[(0, s)]["views"] for s in range(30)} == {"front|top", "top|front"}
+
+
+def test_unknown_view_is_a_clear_error(episodes):
+    with pytest.raises(DatasetError, match="no view"):
+        _dataset(episodes, views=["front", "wrist"])[(0, 1)]
+
+
+def test_text_dropout_replaces_the_instruction_with_the_empty_prompt(episodes):
+    assert _dataset(episodes, text_dropout=1.0)[(0, 1)]["instruction"] == ""
+    kept = _dataset(episodes, text_dropout=0.0)[(0, 1)]["instruction"]
+    assert kept == read_episode(episodes[0]).instruction
+    dropped = sum(
+        _dataset(episodes, text_dropout=0.3)[(0, s)]["instruction"] == "" for s in range(200)
+    )
+    assert 35 < dropped < 85
+
+
+def test_clip_starting_at_zero_and_running_past_the_end_repeats_the_last_frame():
+    idx = clip_indices(10, 5, 3, start_at_zero=1.0, rng=np.random.default_rng(0))
+    assert idx.tolist() == [0, 3, 6, 9, 9]
+
+
+def test_clip_starts_stay_where_the_clip_fits_unless_late_starts_are_allowed():
+    rng = np.random.default_rng(0)
+    starts = {clip_indices(20, 5, 2, 0.0, rng)[0] for _ in range(300)}
+    assert starts == set(range(0, 12))
+    late = {clip_indices(20, 5, 2, 0.0, rng, max_start_fraction=0.9)[0] for _ in range(500)}
+    assert max(late) == 17
+
+
+def test_crop_resize_keeps_projections_consistent_for_a_wide_source():
+    cam = make_camera("front", 48, 64)
+    point = np.array([0.45, 0.05, 0.15])
+    uv, _ = cam.project(point)
+    frames = np.zeros((1, 48, 64, 3), dtype=np.uint8)
+    u, v = np.round(uv).astype(int)
+    frames[0, v - 1 : v + 2, u - 1 : u + 2] = 255
+    small = crop_resize_frames(frames, 24, 24)[0, 0].numpy() + 1  # [24, 24]
+    new_uv, _ = crop_resize_camera(cam, 24, 24).project(point)
+    rows, cols = np.indices(small.shape)
+    centroid = np.array([(cols * small).sum(), (rows * small).sum()]) / small.sum()
+    assert np.linalg.norm(centroid - new_uv) < 0.6
+
+
+def test_missing_episode_directory_says_to_collect_first(tmp_path):
+    with pytest.raises(DatasetError, match="aimg sim collect"):
+        find_episodes([tmp_path / "reach"])
+
+
+def test_episodes_with_a_single_view_use_it_as_both_views(tmp_path):
+    data = synthetic_episode(0, frames=6, views=("front",))
+    path = write_episode(tmp_path, data)
+    ds = EpisodeClipDataset([path], DataConfig(roots=[tmp_path]), 5, 32, 32)
+    assert ds[(0, 1)]["views"] == "front|front"
+
+
+def test_task_mixture_frequencies_follow_the_config():
+    mixture = TaskMixture()
+    counts = collections.Counter(draw_task(mixture, 1, step) for step in range(4000))
+    assert counts[Task.VIDEO_ONLY] / 4000 == pytest.approx(0.1, abs=0.02)
+    assert counts[Task.JOINT] / 4000 == pytest.approx(0.81, abs=0.03)
+    assert counts[Task.FIRST_VIEW_VIDEO_GIVEN] / 4000 == pytest.approx(0.045, abs=0.015)
+    assert counts[Task.VIDEO_TO_ACTION] / 4000 == pytest.approx(0.045, abs=0.015)
+
+
+def test_task_mixture_can_be_restricted_to_one_task():
+    mixture = dataclasses.replace(TaskMixture(), video_only=0.0, first_view_video_given=0, v2a=0)
+    assert {draw_task(mixture, 3, s) for s in range(50)} == {Task.JOINT}
+
+
+def test_negative_task_probability_is_rejected():
+    with pytest.raises(ValueError, match=">= 0"):
+        TaskMixture(v2a=-0.1)
