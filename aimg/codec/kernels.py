@@ -257,6 +257,54 @@ def _single_view_init(
 
 
 @numba.njit(cache=True)
+def _starts(
+    points: np.ndarray,
+    known: int,
+    single_origin: np.ndarray,
+    single_dir: np.ndarray,
+    model: np.ndarray,
+) -> np.ndarray:
+    """Candidate point triples [S, 3, 3] to start the pose fit from.
+
+    Triangulated points are kept. With one point seen by a single view, its place on the rigid
+    circle is unique (`_single_view_init`). With two, each lies on its ray at its model distance
+    from the triangulated point: two crossings each, so four starts; the fit keeps the best.
+    """
+    if known == 3:
+        out = np.empty((1, 3, 3))
+        out[0] = points
+        return out
+    if known == 2:
+        length = np.linalg.norm(model[1] - model[0])
+        out = np.empty((1, 3, 3))
+        out[0] = points
+        for k in range(3):
+            if np.isnan(points[k, 0]):
+                out[0, k] = _single_view_init(k, points, single_origin[k], single_dir[k], length)
+        return out
+    anchor = 0
+    for k in range(3):
+        if not np.isnan(points[k, 0]):
+            anchor = k
+    out = np.empty((4, 3, 3))
+    for q in range(4):
+        out[q] = points
+        bit = 0
+        for k in range(3):
+            if k == anchor:
+                continue
+            radius = np.linalg.norm(model[k] - model[anchor])
+            o, d = single_origin[k], single_dir[k]
+            s0 = (points[anchor] - o) @ d
+            miss = np.linalg.norm(o + s0 * d - points[anchor])
+            half = math.sqrt(max(radius * radius - miss * miss, 0.0))
+            sign = 1.0 if (q >> bit) & 1 else -1.0
+            out[q, k] = o + (s0 + sign * half) * d
+            bit += 1
+    return out
+
+
+@numba.njit(cache=True)
 def _skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
@@ -380,7 +428,6 @@ def fit_poses(
     observations, 1 if every point was seen in at least two views else 0).
     """
     num_frames, num_views = uv.shape[0], uv.shape[1]
-    length = np.linalg.norm(model[1] - model[0])
     for t in numba.prange(num_frames):
         pose[t] = np.nan
         stats[t, 0] = np.nan
@@ -391,7 +438,7 @@ def fit_poses(
                     seen[k] += 1
         stats[t, 1] = seen.sum()
         stats[t, 2] = 1.0 if seen.min() >= 2 else 0.0
-        if seen.min() < 1 or (seen >= 2).sum() < 2:
+        if seen.min() < 1 or seen.max() < 2:
             continue
         points = np.full((3, 3), np.nan)
         single_origin = np.zeros((3, 3))
@@ -417,13 +464,18 @@ def fit_poses(
         for k in range(3):
             if not np.isnan(points[k, 0]):
                 known += 1
-        if known < 2:
+        if known == 0:
             continue
-        for k in range(3):
-            if np.isnan(points[k, 0]):
-                points[k] = _single_view_init(k, points, single_origin[k], single_dir[k], length)
-        rot, pos = _kabsch(model, points)
-        pos, rot, cost = _fit_pose(pos, rot, model, K, c2w, uv[t], weight[t], iterations)
+        starts = _starts(points, known, single_origin, single_dir, model)
+        best_cost = np.inf
+        pos = np.zeros(3)
+        rot = np.eye(3)
+        for q in range(starts.shape[0]):
+            rot0, pos0 = _kabsch(model, starts[q])
+            pos1, rot1, cost1 = _fit_pose(pos0, rot0, model, K, c2w, uv[t], weight[t], iterations)
+            if cost1 < best_cost:
+                best_cost, pos, rot = cost1, pos1, rot1
+        cost = best_cost
         wsum = 0.0
         for v in range(num_views):
             for k in range(3):
