@@ -43,8 +43,16 @@ def run_model_benchmark(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Median seconds per training step and per inference forward for a preset."""
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _run(preset, batch, repeats, device)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(preset: str | Path, batch: int, repeats: int, device: str) -> dict[str, Any]:
     cfg, _, _ = load_preset(preset)
     dev = torch.device(device)
     torch.manual_seed(0)
