@@ -3,14 +3,16 @@
 config.json holds the preset name, the validated `model` and `sampling` sections, the derived
 shapes, the transformer's diffusers config and an optional `extra` mapping (e.g. the training
 step). Loading rebuilds the model from the `model` section alone, so no code path unpickles.
-Directories are written next to the target and renamed into place (never half-written).
+Each file is written to a temporary name and renamed into place (never half-written); other
+files in the directory (e.g. a trainer's state) are left alone.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,7 @@ def save_checkpoint(
     sampling: SamplingConfig | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `model.safetensors` + `config.json` into `directory` (replaced atomically)."""
+    """Write `model.safetensors` + `config.json` into `directory` (each file atomically)."""
     directory = Path(directory)
     expected = transformer_kwargs(model_config)
     actual = {k: model.config[k] for k in expected}
@@ -86,22 +88,14 @@ def save_checkpoint(
         "transformer": {k: _plain(v) for k, v in expected.items()},
         "extra": extra or {},
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{tmp.name}")
-            directory.rename(old)
-        tmp.rename(directory)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _write_atomic(
+        directory / WEIGHTS_NAME,
+        lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}),
+    )
+    text = json.dumps(config, indent=2) + "\n"
+    _write_atomic(directory / CONFIG_NAME, lambda path: path.write_text(text))
     return directory
 
 
@@ -148,6 +142,18 @@ def load_checkpoint(
     model.load_state_dict(tensors, strict=True, assign=True)
     model.rebuild_rope(device)
     return Checkpoint(model.eval(), model_cfg, sampling, config.get("extra", {}))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write via a temporary file in the same directory, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _plain(value: Any) -> Any:

@@ -61,12 +61,14 @@ def test_directory_holds_safetensors_and_a_readable_config(preset, tmp_path):
     assert config["transformer"]["num_layers"] == cfg.transformer.num_layers
 
 
-def test_saving_again_replaces_the_directory(preset, tmp_path):
+def test_saving_again_overwrites_the_files_and_keeps_others(preset, tmp_path):
     cfg, sampling, model = preset
     save_checkpoint(tmp_path / "ck", model, cfg, sampling, {"step": 1})
+    (tmp_path / "ck" / "trainer_state.pt").write_text("kept")
     save_checkpoint(tmp_path / "ck", model, cfg, sampling, {"step": 2})
     assert load_checkpoint(tmp_path / "ck").extra == {"step": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["config.json", "model.safetensors", "trainer_state.pt"]
 
 
 def test_missing_files_are_reported(tmp_path):
