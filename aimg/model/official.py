@@ -151,7 +151,10 @@ def load_reference_checkpoint(path: str | Path, cfg: ModelConfig, dtype: torch.d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise CheckpointKeyError(f"{path} holds a {type(state).__name__}, not a state dict")
     converted = convert_reference_state_dict(state, cfg.transformer.num_layers)

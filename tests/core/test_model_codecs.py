@@ -6,7 +6,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
+from aimg.model.build import build_latent_codec
 from aimg.model.codecs import PixelCodec, WanVAECodec
+from aimg.model.config import CodecConfig, ModelConfig, TextConfig, TransformerConfig
 
 
 def pixels(frames: int = 9, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -112,3 +114,30 @@ def test_wan_vae_codec_normalises_the_posterior_mode(tiny_vae_dir):
 def test_wan_vae_codec_needs_a_local_directory(tmp_path):
     with pytest.raises(ValueError, match="not a local AutoencoderKLWan directory"):
         WanVAECodec.from_directory(tmp_path / "nowhere")
+
+
+def _vae_preset(path: str, channels: int, spatial: int = 8) -> ModelConfig:
+    return ModelConfig(
+        transformer=TransformerConfig(
+            num_layers=1, num_heads=2, head_dim=8, ffn_dim=8, text_dim=4, cam_pool=(2, 1, 1)
+        ),
+        codec=CodecConfig(
+            kind="wan_vae", path=path, latent_channels=channels, spatial_factor=spatial
+        ),
+        text=TextConfig(kind="builtin", max_length=2),
+        frames=5,
+        height=32,
+        width=32,
+    )
+
+
+def test_build_latent_codec_loads_the_preset_vae(tiny_vae_dir):
+    codec = build_latent_codec(_vae_preset(tiny_vae_dir, 4))
+    assert isinstance(codec, WanVAECodec) and codec.latent_channels == 4
+
+
+def test_build_latent_codec_reports_a_vae_that_does_not_fit_the_preset(tiny_vae_dir):
+    with pytest.raises(ValueError, match="4 latent channels but the preset says 48"):
+        build_latent_codec(_vae_preset(tiny_vae_dir, 48))
+    with pytest.raises(ValueError, match="scales by 8"):
+        build_latent_codec(_vae_preset(tiny_vae_dir, 4, spatial=16))

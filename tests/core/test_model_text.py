@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from aimg.model.build import build_text_encoder
+from aimg.model.config import CodecConfig, ModelConfig, TextConfig, TransformerConfig
 from aimg.model.text import HashTextEncoder, UMT5TextEncoder, tokenize_words, word_vector
 
 
@@ -107,3 +111,20 @@ def test_umt5_embeddings_do_not_depend_on_the_batch(tiny_umt5_dir):
 def test_umt5_needs_a_local_directory(tmp_path):
     with pytest.raises(ValueError, match="not a local umT5 encoder directory"):
         UMT5TextEncoder.from_directory(tmp_path)
+
+
+def test_build_text_encoder_checks_the_umt5_width(tiny_umt5_dir):
+    text = TextConfig(kind="umt5", path=tiny_umt5_dir, max_length=8)
+    transformer = TransformerConfig(
+        num_layers=1, num_heads=2, head_dim=8, ffn_dim=8, text_dim=16, cam_pool=(2, 1, 1)
+    )
+    codec = CodecConfig(kind="pixel", spatial_factor=8, temporal_factor=4)
+    cfg = ModelConfig(transformer=transformer, codec=codec, text=text, height=32, width=32)
+    assert build_text_encoder(cfg).encode(["open the drawer"]).shape == (1, 8, 16)
+    wrong = ModelConfig(
+        transformer=replace(transformer, text_dim=4096), codec=codec, text=text, height=32, width=32
+    )
+    with pytest.raises(
+        ValueError, match="outputs 16 features but the transformer's text_dim is 4096"
+    ):
+        build_text_encoder(wrong)
