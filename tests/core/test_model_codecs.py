@@ -141,3 +141,27 @@ def test_build_latent_codec_reports_a_vae_that_does_not_fit_the_preset(tiny_vae_
         build_latent_codec(_vae_preset(tiny_vae_dir, 48))
     with pytest.raises(ValueError, match="scales by 8"):
         build_latent_codec(_vae_preset(tiny_vae_dir, 4, spatial=16))
+
+
+def test_wan22_style_vae_latent_frame_zero_depends_on_pixel_frame_zero_only():
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+        is_residual=True,
+        patch_size=2,
+        in_channels=12,
+        out_channels=12,
+        scale_factor_spatial=16,
+    )
+    codec = WanVAECodec(vae)
+    x = pixels(frames=9, size=32)
+    whole, first = codec.encode(x), codec.encode(x[:, :, :1])
+    assert codec.spatial_factor == 16 and whole.shape == (2, 4, 3, 2, 2)
+    assert torch.equal(first[:, :, 0], whole[:, :, 0])
