@@ -4,3 +4,7 @@ Devices live in sub-packages: `sim` (PyBullet cell), `xarm` (xarm-python-sdk), `
 (pyrealsense2). May import the core (`aimg.*`) only. Device dependencies are imported lazily,
 so `import aimg.robot` works without any extra installed.
 """
+
+from aimg.robot.interfaces import Arm, ArmError, ArmErrorCode, ArmState, CameraRig, RigFrames
+
+__all__ = ["Arm", "ArmError", "ArmErrorCode", "ArmState", "CameraRig", "RigFrames"]

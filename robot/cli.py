@@ -80,3 +80,32 @@ def show(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(str(target))
+
+
+@app.command()
+def verify(
+    task: str = typer.Option("pick", help="Task whose expert episodes are measured."),
+    episodes: int = typer.Option(10, min=1, help="Episodes to roll out (not written)."),
+    views: int = typer.Option(2, min=1, max=4),
+    size: int = typer.Option(128, min=16),
+    seed: int = typer.Option(0),
+) -> None:
+    """Print JSON: pixel distance between the reported TCP, projected, and the rendered TCP.
+
+    Also the fraction of frames where the projected TCP lies between the rendered fingers, and
+    the expert's success rate over the rolled-out episodes.
+    """
+    from aimg.robot.sim.collect import RolloutSettings, episode_seed, run_episode
+    from aimg.robot.sim.verify import TcpProjectionCheck
+    from aimg.robot.sim.world import SimWorld
+
+    settings = RolloutSettings(task=task, views=views, height=size, width=size)
+    check = TcpProjectionCheck()
+    successes = 0
+    with SimWorld() as world:
+        for index in range(episodes):
+            data = run_episode(world, settings, episode_seed(seed, index), on_frame=check)
+            successes += int(data.success)
+    typer.echo(
+        json.dumps({"task": task, "episodes": episodes, "successes": successes, **check.summary()})
+    )
