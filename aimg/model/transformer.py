@@ -67,32 +67,39 @@ class CameraWanBlock(WanTransformerBlock):
         camera_features: torch.Tensor,
         tokens_per_frame: int,
     ) -> torch.Tensor:
-        """hidden_states [B, S, D]; temb [B, 6, D] or [B, S, 6, D]; camera_features [B, F, P]."""
+        """hidden_states [B, S, D] in "(f h w)" order; temb [B, 6, D] (one timestep per
+        sample) or [B, F, 6, D] (one per latent frame); camera_features [B, F, P]."""
+        batch, seq, dim = hidden_states.shape
+        frames = seq // tokens_per_frame
         if temb.ndim == 4:
-            mod = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)
-            mod = [m.squeeze(2) for m in mod]
+            table = self.scale_shift_table.unsqueeze(0) + temb.float()
+            mod = [m.unsqueeze(2) for m in table.unbind(2)]
         else:
-            mod = (self.scale_shift_table + temb.float()).chunk(6, dim=1)
+            table = self.scale_shift_table + temb.float()
+            mod = [m[:, None, None] for m in table.unbind(1)]
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = mod
 
-        cam = self.cam_encoder[2](camera_features)
-        cam = cam.repeat_interleave(tokens_per_frame, dim=1)
+        def by_frame(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, frames, tokens_per_frame, dim)
 
-        norm_x = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(
-            hidden_states
-        )
-        attn_output = self.attn1(norm_x + cam.type_as(norm_x), None, None, rotary_emb)
-        attn_output = self.projector(attn_output)
-        hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
+        def by_token(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch, seq, dim)
+
+        cam = self.cam_encoder[2](camera_features)[:, :, None]
+        norm_x = by_frame(self.norm1(hidden_states.float())) * (1 + scale_msa) + shift_msa
+        norm_x = norm_x.type_as(hidden_states)
+        attn_input = by_token(norm_x + cam.type_as(norm_x))
+        attn_output = by_frame(self.projector(self.attn1(attn_input, None, None, rotary_emb)))
+        residual = by_frame(hidden_states.float()) + attn_output * gate_msa
+        hidden_states = by_token(residual).type_as(hidden_states)
 
         norm_x = self.norm2(hidden_states.float()).type_as(hidden_states)
         hidden_states = hidden_states + self.attn2(norm_x, encoder_hidden_states, None, None)
 
-        norm_x = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(
-            hidden_states
-        )
-        ff_output = self.ffn(norm_x)
-        return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
+        norm_x = by_frame(self.norm3(hidden_states.float())) * (1 + c_scale_msa) + c_shift_msa
+        ff_output = by_frame(self.ffn(by_token(norm_x.type_as(hidden_states))))
+        residual = by_frame(hidden_states.float()) + ff_output.float() * c_gate_msa
+        return by_token(residual).type_as(hidden_states)
 
 
 class WorldActionModel(ModelMixin, ConfigMixin):
@@ -220,18 +227,16 @@ class WorldActionModel(ModelMixin, ConfigMixin):
                     f"per-token timestep must be [B={batch}, F={frames}], "
                     f"got {tuple(timestep.shape)}"
                 )
-            timestep = timestep.repeat_interleave(tokens_per_frame, dim=1)
-            seq_len = timestep.shape[1]
-            timestep = timestep.flatten()
-        else:
-            seq_len = None
-            timestep = timestep.expand(batch) if timestep.numel() == 1 else timestep
-        temb, timestep_proj, context, _ = self.condition_embedder(
-            timestep, encoder_hidden_states, None, timestep_seq_len=seq_len
-        )
-        if seq_len is not None:
+            # Tokens of one latent frame share its timestep: embed once per frame.
+            temb, timestep_proj, context, _ = self.condition_embedder(
+                timestep.flatten(), encoder_hidden_states, None, timestep_seq_len=frames
+            )
             timestep_proj = timestep_proj.unflatten(2, (6, -1))
         else:
+            timestep = timestep.expand(batch) if timestep.numel() == 1 else timestep
+            temb, timestep_proj, context, _ = self.condition_embedder(
+                timestep, encoder_hidden_states, None
+            )
             timestep_proj = timestep_proj.unflatten(1, (6, -1))
 
         camera_features = self.camera_pool(camera_latents.to(hidden_states.dtype))
@@ -243,13 +248,14 @@ class WorldActionModel(ModelMixin, ConfigMixin):
                 hidden_states = block(*args, tokens_per_frame)
 
         if temb.ndim == 3:
-            shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
-            shift, scale = shift.squeeze(2), scale.squeeze(2)
+            table = self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)
+            shift, scale = (m.unsqueeze(2) for m in table.unbind(2))
         else:
-            shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(
-            hidden_states
-        )
+            table = self.scale_shift_table + temb.unsqueeze(1)
+            shift, scale = (m[:, None, None] for m in table.unbind(1))
+        dim = hidden_states.shape[-1]
+        normed = self.norm_out(hidden_states.float()).view(batch, post_f, tokens_per_frame, dim)
+        hidden_states = (normed * (1 + scale) + shift).flatten(1, 2).type_as(hidden_states)
         hidden_states = self.proj_out(hidden_states)
         hidden_states = hidden_states.reshape(batch, post_f, post_h, post_w, p_t, p_h, p_w, -1)
         hidden_states = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6)

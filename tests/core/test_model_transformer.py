@@ -48,7 +48,8 @@ def model() -> WorldActionModel:
     return model.eval()
 
 
-def test_camera_branch_is_an_exact_no_op_at_init(model):
+def diffusers_twin(model: WorldActionModel) -> WanTransformer3DModel:
+    """The plain diffusers Wan transformer holding `model`'s base weights."""
     base = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
@@ -68,6 +69,11 @@ def test_camera_branch_is_an_exact_no_op_at_init(model):
         if "cam_encoder" not in k and "projector" not in k
     }
     base.load_state_dict(own, strict=True)
+    return base
+
+
+def test_camera_branch_is_an_exact_no_op_at_init(model):
+    base = diffusers_twin(model)
     x, t, text, cam = inputs()
     with torch.no_grad():
         ours = model(x, t, text, cam)
@@ -75,6 +81,17 @@ def test_camera_branch_is_an_exact_no_op_at_init(model):
         other_cams = model(x, t, text, torch.randn_like(cam))
     assert torch.equal(ours, theirs)
     assert torch.equal(ours, other_cams)
+
+
+def test_per_frame_timesteps_match_diffusers_per_token_timesteps(model):
+    base = diffusers_twin(model)
+    x, _, text, cam = inputs()
+    per_frame = torch.tensor([[0.0, 900.0, 500.0, 0.0], [0.0, 10.0, 20.0, 999.0]])
+    per_token = per_frame.repeat_interleave(4, dim=1)  # 2x2 tokens per latent frame
+    with torch.no_grad():
+        ours = model(x, per_frame, text, cam)
+        theirs = base(x, per_token, text, return_dict=False)[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
 def test_trained_camera_branch_makes_output_depend_on_cameras(model):
