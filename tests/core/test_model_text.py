@@ -64,6 +64,7 @@ def test_text_cache_is_bounded_and_reused():
 
 @pytest.fixture(scope="module")
 def tiny_umt5_dir(tmp_path_factory) -> str:
+    pytest.importorskip("transformers", reason="umT5 needs the `train` extra")
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
