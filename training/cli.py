@@ -62,7 +62,7 @@ def train(
         if "config" in type(exc).__name__.lower():
             _fail(str(exc))
         raise
-    if summary.get("rank", 0) == 0:
+    if summary.pop("rank") == 0:
         typer.echo(summary_json(summary))
 
 

@@ -139,10 +139,8 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
     def _index_of(self, episode: Any) -> int:
         return next(i for i, e in self._episodes.items() if e is episode)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        from aimg.codec import render
-
-        index, seed = key
+    def choices(self, index: int, seed: int) -> tuple[np.ndarray, tuple[str, str], bool]:
+        """The random decisions of item (index, seed): frame indices, view pair, text dropped."""
         rng = np.random.default_rng(seed)
         ep = self.episode(index)
         cfg = self.cfg
@@ -150,7 +148,14 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
             ep.num_frames, self.frames, cfg.stride, cfg.start_at_zero, rng, cfg.max_start_fraction
         )
         views = self.view_pair(ep, rng)
-        drop_text = rng.random() < self.cfg.text_dropout
+        return idx, views, bool(rng.random() < cfg.text_dropout)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        from aimg.codec import render
+
+        index, seed = key
+        ep = self.episode(index)
+        idx, views, drop_text = self.choices(index, seed)
         cameras = [crop_resize_camera(ep.camera(v, 0), self.height, self.width) for v in views]
         video = torch.stack(
             [crop_resize_frames(ep.frames(v)[idx], self.height, self.width) for v in views]

@@ -51,7 +51,8 @@ def init_distributed(device: str = "auto") -> DistContext:
     if dev.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    launched = "RANK" in os.environ  # torchrun sets it, even for one process
+    if (launched or world_size > 1) and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"backend": backend}
         if dev.type == "cuda":
@@ -104,16 +105,15 @@ def wrap_model(model: nn.Module, ctx: DistContext, parallel: str) -> nn.Module:
     """Move to the device and wrap for data parallelism.
 
     `parallel`: 'ddp', 'fsdp' or 'auto' (FSDP2 on CUDA, DDP on CPU). FSDP2 shards each
-    transformer block, then the root; it needs CUDA.
+    transformer block, then the root; it needs CUDA and a process group (torchrun, any number
+    of processes). DDP is used only with more than one process.
     """
     model = model.to(ctx.device)
     if parallel == "auto":
         parallel = "fsdp" if ctx.device.type == "cuda" else "ddp"
     if parallel == "fsdp" and ctx.device.type != "cuda":
         raise ValueError("train.parallel 'fsdp' needs CUDA GPUs; use 'ddp' (or 'auto') on CPU")
-    if not ctx.distributed:
-        return model
-    if parallel == "fsdp":
+    if parallel == "fsdp" and dist.is_initialized():
         from torch.distributed.fsdp import fully_shard
 
         blocks = transformer_blocks(model)
@@ -122,6 +122,8 @@ def wrap_model(model: nn.Module, ctx: DistContext, parallel: str) -> nn.Module:
         for block in blocks:
             fully_shard(block)
         fully_shard(model)
+        return model
+    if not ctx.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -130,6 +130,7 @@ def run_training(preset: TrainingPreset, resume: bool, progress: bool = True) ->
         metrics = trainer.fit()
         latest = ckpt.latest_checkpoint(checkpoints)
         return {
+            "rank": ctx.rank,
             "run_dir": str(run_dir),
             "world_size": ctx.world_size,
             "device": str(ctx.device),

@@ -206,3 +206,18 @@ def test_target_cube_prefers_the_final_object_position():
     }
     assert target_cube_position(meta).tolist() == [0.42, 0.01, 0.02]
     assert target_cube_position({}) is None
+
+
+def test_activation_checkpointing_does_not_change_the_update(preset_path, tmp_path):
+    preset = load_training_preset(preset_path)
+    params = []
+    for mode in ("off", "on"):
+        train = dataclasses.replace(
+            preset.train, run_dir=tmp_path / mode, activation_checkpointing=mode
+        )
+        trainer = build_trainer(dataclasses.replace(preset, train=train), CPU, progress=False)
+        trainer.fit(2)
+        assert trainer.model.gradient_checkpointing is (mode == "on")
+        params.append(trainer.model.state_dict())
+    for name, value in params[0].items():
+        torch.testing.assert_close(value, params[1][name], rtol=1e-5, atol=1e-6)
