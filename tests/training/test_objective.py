@@ -1,0 +1,116 @@
+"""The world-action objective: layouts, masks, timesteps, latent cache, batch-split invariance."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from aimg.training.config import load_training_preset
+from aimg.training.dataset import EpisodeClipDataset, find_episodes
+from aimg.training.latent_cache import LatentCache
+from aimg.training.objective import WorldActionObjective, codec_signature
+from torch import nn
+from training_fixtures import write_synthetic_episodes, write_tiny_preset
+
+from aimg.model.build import build_latent_codec, build_text_encoder
+from aimg.model.packing import Task, conditioning_mask
+
+
+class Spy(nn.Module):
+    """Records what the objective feeds the model and predicts zeros (with a gradient path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(()))
+        self.calls: list[tuple[torch.Tensor, ...]] = []
+
+    def forward(self, x, timestep, text, cameras):
+        self.calls.append((x, timestep, text, cameras))
+        return x * self.scale
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("objective")
+    write_synthetic_episodes(tmp / "data", 2, frames=12)
+    preset = load_training_preset(write_tiny_preset(tmp / "p.yaml", tmp / "data", tmp / "run"))
+    dataset = EpisodeClipDataset(find_episodes(preset.data.roots), preset.data, 5, 32, 32)
+    batch = torch.utils.data.default_collate([dataset[(0, 11)], dataset[(1, 12)], dataset[(0, 13)]])
+    return preset, batch, tmp
+
+
+def _objective(preset, cache=None, **train) -> WorldActionObjective:
+    m = preset.model
+    tcfg = dataclasses.replace(preset.train, **train)
+    return WorldActionObjective(
+        m,
+        preset.data,
+        tcfg,
+        build_latent_codec(m),
+        build_text_encoder(m),
+        torch.device("cpu"),
+        cache,
+    )
+
+
+def _step_with_task(objective: WorldActionObjective, task: Task) -> int:
+    return next(s for s in range(1000) if objective.task(s) is task)
+
+
+def test_joint_task_packs_four_segments_with_per_token_timesteps_zero_on_clean_frames(setup):
+    preset, batch, _ = setup
+    objective, spy = _objective(preset), Spy()
+    objective(spy, batch, _step_with_task(objective, Task.JOINT))
+    x, t, text, cams = spy.calls[0]
+    t_l = preset.model.latent_frames
+    clean = conditioning_mask(Task.JOINT, 2, t_l)
+    assert x.shape == (3, preset.model.latent_channels, 4 * t_l, 8, 8)
+    assert t.shape == (3, 4 * t_l)
+    assert torch.all(t[:, clean] == 0) and torch.all(t[:, ~clean] > 0)
+    assert cams.shape[:3] == (3, 4 * t_l, preset.model.cam_channels)
+    assert text.shape == (3, preset.model.text.max_length, preset.model.transformer.text_dim)
+
+
+def test_video_only_task_drops_the_action_segments(setup):
+    preset, batch, _ = setup
+    objective, spy = _objective(preset), Spy()
+    objective(spy, batch, _step_with_task(objective, Task.VIDEO_ONLY))
+    x, _, _, cams = spy.calls[0]
+    assert x.shape[2] == 2 * preset.model.latent_frames
+    assert cams.shape[1] == x.shape[2]
+
+
+def test_clean_frames_reach_the_model_unnoised(setup):
+    preset, batch, _ = setup
+    objective, spy = _objective(preset), Spy()
+    objective(spy, batch, 0)
+    inputs = objective.inputs(batch, objective.task(0))
+    x = spy.calls[0][0]
+    assert torch.equal(x[:, :, inputs["clean"]], inputs["x0"][:, :, inputs["clean"]])
+    assert not torch.equal(x[:, :, ~inputs["clean"]], inputs["x0"][:, :, ~inputs["clean"]])
+
+
+def test_loss_of_a_batch_is_the_mean_of_the_losses_of_its_parts(setup):
+    preset, batch, _ = setup
+    objective = _objective(preset)
+    model = Spy()
+    model.scale.data.fill_(0.5)
+
+    def part(lo, hi):
+        sub = {k: v[lo:hi] for k, v in batch.items()}
+        return objective(model, sub, 5)[0]
+
+    whole = objective(model, batch, 5)[0]
+    torch.testing.assert_close(whole, (part(0, 1) + part(1, 3) * 2) / 3)
+
+
+def test_latent_cache_gives_the_same_latents_and_is_reused(setup):
+    preset, batch, tmp = setup
+    cache = LatentCache(tmp / "cache", codec_signature(preset.model))
+    plain, cached = _objective(preset), _objective(preset, cache)
+    expected = plain.inputs(batch, Task.JOINT)["x0"]
+    torch.testing.assert_close(cached.inputs(batch, Task.JOINT)["x0"], expected)
+    assert (cache.misses, cache.hits) == (3 * 2 * 2, 0)  # samples x views x modalities
+    torch.testing.assert_close(cached.inputs(batch, Task.JOINT)["x0"], expected)
+    assert (cache.misses, cache.hits) == (12, 12)
