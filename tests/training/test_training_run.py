@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -221,3 +225,20 @@ def test_activation_checkpointing_does_not_change_the_update(preset_path, tmp_pa
         params.append(trainer.model.state_dict())
     for name, value in params[0].items():
         torch.testing.assert_close(value, params[1][name], rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(preset_path, tmp_path):
+    command = [sys.executable, "-m", "aimg", "train", "--config", str(preset_path)]
+    command += ["--max-steps", "100000", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    summary = json.loads(out[out.index("{") :])
+    assert 2 <= summary["step"] < 100000
+    assert summary["checkpoint"].endswith(f"step_{summary['step']:06d}")
