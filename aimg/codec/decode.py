@@ -68,6 +68,7 @@ def decode(
         scale, offset = 1.0, 0.0
     sigma = blob_sigma(height, width)
     stride = max(1, int(sigma / 4))
+    fit_stride = max(1, round(sigma / 8))
     radius = int(np.ceil(2.2 * sigma))
     blue_floor = BLUE_FLOOR + 0.15
     detect = np.array([detect_level, detect_level, blue_floor + detect_level / 2])
@@ -76,7 +77,18 @@ def decode(
     info = np.empty((flat.shape[0], 3, kernels.NUM_INFO))
     background = np.empty((flat.shape[0], 3))
     kernels.localise(
-        flat, scale, offset, sigma, stride, radius, detect, fit_floor, moments, info, background
+        flat,
+        scale,
+        offset,
+        sigma,
+        stride,
+        fit_stride,
+        radius,
+        detect,
+        fit_floor,
+        moments,
+        info,
+        background,
     )
     blobs = np.empty((flat.shape[0], 3, 5))
     kernels.solve_blobs(moments, info, sigma, sigma, blobs)

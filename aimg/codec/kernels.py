@@ -22,13 +22,29 @@ INFO_PEAK, INFO_COUNT, INFO_X0, INFO_Y0 = 0, 1, 2, 3
 NUM_INFO = 4
 
 
-@numba.njit(parallel=True, cache=True)
+HIST_BINS = 1020
+"""Histogram bins on [0, 1] for the background median (a multiple of 255: exact for uint8)."""
+
+
+@numba.njit(cache=True)
+def _histogram_median(hist: np.ndarray) -> float:
+    half = hist.sum() / 2.0
+    acc = 0
+    for b in range(hist.shape[0]):
+        acc += hist[b]
+        if acc >= half:
+            return b / HIST_BINS
+    return 1.0
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
 def localise(
     images: np.ndarray,
     scale: float,
     offset: float,
     sigma: float,
     stride: int,
+    fit_stride: int,
     radius: int,
     detect: np.ndarray,
     fit_floor: np.ndarray,
@@ -38,12 +54,14 @@ def localise(
 ) -> None:
     """Find the three blobs of every frame and accumulate their fit moments.
 
-    images: [N, H, W, 3] uint8 or float (value = raw·scale + offset). detect [3]: minimum
-    box-filtered coarse peak (above background for R, G; raw for B) for a blob to count as
-    present. fit_floor [3]: pixels at or below it are left out of the fit (for B it sits above the
-    0.25 truncation step). Outputs: moments [N, 3, 14] (coordinates relative to the window centre
-    in units of sigma), info [N, 3, 4] (peak, pixel count, window centre x, y; count 0 = absent),
-    background [N, 3] (median of the coarse grid per channel).
+    images: [N, H, W, 3] uint8 or float (value = raw·scale + offset). The coarse grid samples
+    every `stride` pixels; the fit window (half-width `radius`) every `fit_stride` pixels, since
+    a blob of sigma >= 10 px is oversampled. detect [3]: minimum 3x3-smoothed coarse peak (above
+    background for R, G; raw for B) for a blob to count as present. fit_floor [3]: pixels at or
+    below it are left out of the fit (for B it sits above the 0.25 truncation step). Outputs:
+    moments [N, 3, 14] (coordinates relative to the window centre in units of sigma), info
+    [N, 3, 4] (smoothed peak, pixel count, window centre x, y; count 0 = absent), background
+    [N, 3] (median of every other coarse sample per channel, to 1/1020).
     """
     n, height, width = images.shape[0], images.shape[1], images.shape[2]
     off0 = stride // 2
@@ -52,28 +70,35 @@ def localise(
     inv_sigma = 1.0 / sigma
     for k in numba.prange(n):
         coarse = np.empty((3, hc, wc), dtype=np.float32)
+        hist = np.zeros((3, HIST_BINS + 1), dtype=np.int64)
+        best = np.full(3, -1e30)
+        best_i = np.zeros(3, dtype=np.int64)
+        best_j = np.zeros(3, dtype=np.int64)
         for ci in range(hc):
             i = off0 + ci * stride
             for cj in range(wc):
                 j = off0 + cj * stride
                 for c in range(3):
-                    coarse[c, ci, cj] = images[k, i, j, c] * scale + offset
+                    val = images[k, i, j, c] * scale + offset
+                    coarse[c, ci, cj] = val
+                    if val > best[c]:
+                        best[c] = val
+                        best_i[c] = ci
+                        best_j[c] = cj
+                    if (ci & 1) == 0 and (cj & 1) == 0:
+                        hist[c, min(max(int(val * HIST_BINS + 0.5), 0), HIST_BINS)] += 1
         for c in range(3):
-            bg = np.median(coarse[c])
+            bg = _histogram_median(hist[c])
             background[k, c] = bg
             base = bg if c < 2 else 0.0
-            best, bi, bj = -1e30, 0, 0
-            for ci in range(hc):
-                for cj in range(wc):
-                    acc, cnt = 0.0, 0
-                    for di in range(max(ci - 1, 0), min(ci + 2, hc)):
-                        for dj in range(max(cj - 1, 0), min(cj + 2, wc)):
-                            acc += coarse[c, di, dj]
-                            cnt += 1
-                    val = acc / cnt - base
-                    if val > best:
-                        best, bi, bj = val, ci, cj
-            info[k, c, INFO_PEAK] = best
+            bi, bj = best_i[c], best_j[c]
+            acc, cnt = 0.0, 0
+            for di in range(max(bi - 1, 0), min(bi + 2, hc)):
+                for dj in range(max(bj - 1, 0), min(bj + 2, wc)):
+                    acc += coarse[c, di, dj]
+                    cnt += 1
+            peak = acc / cnt - base
+            info[k, c, INFO_PEAK] = peak
             y0 = off0 + bi * stride
             x0 = off0 + bj * stride
             info[k, c, INFO_X0] = x0
@@ -81,14 +106,14 @@ def localise(
             for m in range(NUM_MOMENTS):
                 moments[k, c, m] = 0.0
             info[k, c, INFO_COUNT] = 0.0
-            if best < detect[c]:
+            if peak < detect[c]:
                 continue
             floor = fit_floor[c]
             count = 0
             s = np.zeros(NUM_MOMENTS)
-            for i in range(max(y0 - radius, 0), min(y0 + radius + 1, height)):
+            for i in range(max(y0 - radius, 0), min(y0 + radius + 1, height), fit_stride):
                 y = (i - y0) * inv_sigma
-                for j in range(max(x0 - radius, 0), min(x0 + radius + 1, width)):
+                for j in range(max(x0 - radius, 0), min(x0 + radius + 1, width), fit_stride):
                     val = images[k, i, j, c] * scale + offset - base
                     if val <= floor:
                         continue
@@ -96,20 +121,21 @@ def localise(
                     r2 = x * x + y * y
                     w = val * val
                     z = math.log(val)
+                    wx, wy, wr2, wz = w * x, w * y, w * r2, w * z
                     s[0] += w
-                    s[1] += w * x
-                    s[2] += w * y
-                    s[3] += w * r2
-                    s[4] += w * x * x
-                    s[5] += w * x * y
-                    s[6] += w * x * r2
-                    s[7] += w * y * y
-                    s[8] += w * y * r2
-                    s[9] += w * r2 * r2
-                    s[10] += w * z
-                    s[11] += w * z * x
-                    s[12] += w * z * y
-                    s[13] += w * z * r2
+                    s[1] += wx
+                    s[2] += wy
+                    s[3] += wr2
+                    s[4] += wx * x
+                    s[5] += wx * y
+                    s[6] += wx * r2
+                    s[7] += wy * y
+                    s[8] += wy * r2
+                    s[9] += wr2 * r2
+                    s[10] += wz
+                    s[11] += wz * x
+                    s[12] += wz * y
+                    s[13] += wz * r2
                     count += 1
             for m in range(NUM_MOMENTS):
                 moments[k, c, m] = s[m]
@@ -130,7 +156,7 @@ def _normal_matrix(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def solve_blobs(
     moments: np.ndarray, info: np.ndarray, sigma: float, fixed_sigma: float, out: np.ndarray
 ) -> None:
@@ -154,27 +180,26 @@ def solve_blobs(
             a, b = _normal_matrix(moments[k, c])
             x0, y0 = info[k, c, INFO_X0], info[k, c, INFO_Y0]
             done = False
-            if np.linalg.cond(a) < 1e12:
-                coef = np.linalg.solve(a, b)
-                if coef[3] < 0:
-                    sig = math.sqrt(-1.0 / (2.0 * coef[3]))
-                    cx = -coef[1] / (2.0 * coef[3])
-                    cy = -coef[2] / (2.0 * coef[3])
-                    if 0.5 < sig < 2.0 and abs(cx) < 1.2 and abs(cy) < 1.2:
-                        out[k, c, 0] = x0 + cx * sigma
-                        out[k, c, 1] = y0 + cy * sigma
-                        out[k, c, 2] = sig * sigma
-                        out[k, c, 3] = math.exp(coef[0] - coef[3] * (cx * cx + cy * cy))
-                        out[k, c, 4] = 1.0
-                        done = True
+            coef = np.zeros(4)
+            if _solve_small(a, b, coef) and coef[3] < 0:
+                sig = math.sqrt(-1.0 / (2.0 * coef[3]))
+                cx = -coef[1] / (2.0 * coef[3])
+                cy = -coef[2] / (2.0 * coef[3])
+                if 0.5 < sig < 2.0 and abs(cx) < 1.2 and abs(cy) < 1.2:
+                    out[k, c, 0] = x0 + cx * sigma
+                    out[k, c, 1] = y0 + cy * sigma
+                    out[k, c, 2] = sig * sigma
+                    out[k, c, 3] = math.exp(coef[0] - coef[3] * (cx * cx + cy * cy))
+                    out[k, c, 4] = 1.0
+                    done = True
             if done:
                 continue
             c3 = -0.5 * (sigma / fixed_sigma) ** 2
             a3 = a[:3, :3].copy()
             b3 = b[:3] - c3 * a[:3, 3]
-            if np.linalg.cond(a3) > 1e12:
+            coef3 = np.zeros(3)
+            if not _solve_small(a3, b3, coef3):
                 continue
-            coef3 = np.linalg.solve(a3, b3)
             cx = -coef3[1] / (2.0 * c3)
             cy = -coef3[2] / (2.0 * c3)
             out[k, c, 0] = x0 + cx * sigma
@@ -200,9 +225,11 @@ def _triangulate(origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray) -> 
         proj = np.eye(3) - np.outer(dirs[i], dirs[i])
         a += weights[i] * proj
         b += weights[i] * (proj @ origins[i])
-    if np.linalg.cond(a) > 1e8:
+    x = np.zeros(3)
+    eig = np.linalg.eigvalsh(a)
+    if eig[0] < 1e-8 * eig[2] or not _solve_small(a, b, x):
         return np.full(3, np.nan)
-    return np.linalg.solve(a, b)
+    return x
 
 
 @numba.njit(cache=True)
@@ -331,42 +358,92 @@ def _residuals(
     c2w: np.ndarray,
     uv: np.ndarray,
     weight: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted reprojection residuals r [V*3*2] and Jacobian J [V*3*2, 6] (d pos, d rot)."""
+    r: np.ndarray,
+    jac: np.ndarray,
+) -> float:
+    """Fill weighted reprojection residuals r [V*3*2] and Jacobian jac [V*3*2, 6] (d pos,
+    d rot as a left perturbation exp(w)·R); returns the weighted SSE."""
     num_views = uv.shape[0]
-    r = np.zeros(num_views * 6)
-    jac = np.zeros((num_views * 6, 6))
+    cost = 0.0
     for v in range(num_views):
-        rc = np.ascontiguousarray(c2w[v, :3, :3])
-        t = c2w[v, :3, 3]
+        fx, fy, cx, cy = K[v, 0, 0], K[v, 1, 1], K[v, 0, 2], K[v, 1, 2]
         for k in range(3):
+            row = (v * 3 + k) * 2
+            for q in range(6):
+                jac[row, q] = 0.0
+                jac[row + 1, q] = 0.0
+            r[row] = 0.0
+            r[row + 1] = 0.0
             w = weight[v, k]
             if w <= 0.0:
                 continue
             sw = math.sqrt(w)
-            rm = rot @ model[k]
-            xw = pos + rm
-            xc = rc.T @ (xw - t)
-            z = xc[2]
-            row = (v * 3 + k) * 2
+            rm0 = rot[0, 0] * model[k, 0] + rot[0, 1] * model[k, 1] + rot[0, 2] * model[k, 2]
+            rm1 = rot[1, 0] * model[k, 0] + rot[1, 1] * model[k, 1] + rot[1, 2] * model[k, 2]
+            rm2 = rot[2, 0] * model[k, 0] + rot[2, 1] * model[k, 1] + rot[2, 2] * model[k, 2]
+            d0 = pos[0] + rm0 - c2w[v, 0, 3]
+            d1 = pos[1] + rm1 - c2w[v, 1, 3]
+            d2 = pos[2] + rm2 - c2w[v, 2, 3]
+            xc = c2w[v, 0, 0] * d0 + c2w[v, 1, 0] * d1 + c2w[v, 2, 0] * d2
+            yc = c2w[v, 0, 1] * d0 + c2w[v, 1, 1] * d1 + c2w[v, 2, 1] * d2
+            z = c2w[v, 0, 2] * d0 + c2w[v, 1, 2] * d1 + c2w[v, 2, 2] * d2
             if z <= 1e-6:
                 r[row] = sw * 1e3
                 r[row + 1] = sw * 1e3
+                cost += 2e6 * w
                 continue
-            fx, fy = K[v, 0, 0], K[v, 1, 1]
-            r[row] = sw * (fx * xc[0] / z + K[v, 0, 2] - uv[v, k, 0])
-            r[row + 1] = sw * (fy * xc[1] / z + K[v, 1, 2] - uv[v, k, 1])
-            dproj = np.array(
-                [[fx / z, 0.0, -fx * xc[0] / (z * z)], [0.0, fy / z, -fy * xc[1] / (z * z)]]
-            )
-            dcam = dproj @ np.ascontiguousarray(rc.T)
-            drot = -dcam @ _skew(rm)
+            iz = 1.0 / z
+            r[row] = sw * (fx * xc * iz + cx - uv[v, k, 0])
+            r[row + 1] = sw * (fy * yc * iz + cy - uv[v, k, 1])
+            cost += r[row] * r[row] + r[row + 1] * r[row + 1]
+            # d(u, v)/d(world point) = dproj @ Rc^T, with dproj the pinhole derivative
             for q in range(3):
-                jac[row, q] = sw * dcam[0, q]
-                jac[row + 1, q] = sw * dcam[1, q]
-                jac[row, 3 + q] = sw * drot[0, q]
-                jac[row + 1, 3 + q] = sw * drot[1, q]
-    return r, jac
+                gu = sw * fx * iz * (c2w[v, q, 0] - xc * iz * c2w[v, q, 2])
+                gv = sw * fy * iz * (c2w[v, q, 1] - yc * iz * c2w[v, q, 2])
+                jac[row, q] = gu
+                jac[row + 1, q] = gv
+            # d(world point)/d(w) = -[R m]x for the left update exp(w)·R, so the row is R m x J
+            for e in range(2):
+                j0, j1, j2 = jac[row + e, 0], jac[row + e, 1], jac[row + e, 2]
+                jac[row + e, 3] = rm1 * j2 - rm2 * j1
+                jac[row + e, 4] = rm2 * j0 - rm0 * j2
+                jac[row + e, 5] = rm0 * j1 - rm1 * j0
+    return cost
+
+
+@numba.njit(cache=True)
+def _solve_small(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> bool:
+    """Solve a x = b in place of x (n <= 6) by pivoted elimination; False if near singular."""
+    n = b.shape[0]
+    m = np.empty((n, n + 1))
+    scale = 0.0
+    for i in range(n):
+        for j in range(n):
+            m[i, j] = a[i, j]
+            scale = max(scale, abs(a[i, j]))
+        m[i, n] = b[i]
+    if scale == 0.0:
+        return False
+    for col in range(n):
+        piv = col
+        for i in range(col + 1, n):
+            if abs(m[i, col]) > abs(m[piv, col]):
+                piv = i
+        if abs(m[piv, col]) < 1e-13 * scale:
+            return False
+        if piv != col:
+            for j in range(n + 1):
+                m[col, j], m[piv, j] = m[piv, j], m[col, j]
+        for i in range(col + 1, n):
+            f = m[i, col] / m[col, col]
+            for j in range(col, n + 1):
+                m[i, j] -= f * m[col, j]
+    for i in range(n - 1, -1, -1):
+        acc = m[i, n]
+        for j in range(i + 1, n):
+            acc -= m[i, j] * x[j]
+        x[i] = acc / m[i, i]
+    return True
 
 
 @numba.njit(cache=True)
@@ -381,35 +458,56 @@ def _fit_pose(
     iterations: int,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Levenberg-Marquardt on the reprojection error; returns pos, rot, weighted SSE."""
-    r, jac = _residuals(pos, rot, model, K, c2w, uv, weight)
-    cost = r @ r
+    rows = uv.shape[0] * 6
+    r = np.zeros(rows)
+    jac = np.zeros((rows, 6))
+    r_new = np.zeros(rows)
+    jac_new = np.zeros((rows, 6))
+    jtj = np.zeros((6, 6))
+    g = np.zeros(6)
+    a = np.zeros((6, 6))
+    step = np.zeros(6)
+    cost = _residuals(pos, rot, model, K, c2w, uv, weight, r, jac)
     lam = 1e-6
     for _ in range(iterations):
-        jtj = jac.T @ jac
-        g = jac.T @ r
-        scale = np.array([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])
+        for p in range(6):
+            acc = 0.0
+            for i in range(rows):
+                acc += jac[i, p] * r[i]
+            g[p] = acc
+            for q in range(p, 6):
+                acc = 0.0
+                for i in range(rows):
+                    acc += jac[i, p] * jac[i, q]
+                jtj[p, q] = acc
+                jtj[q, p] = acc
         improved = False
-        for _try in range(6):
-            a = jtj.copy()
+        converged = False
+        for _try in range(8):
+            a[:, :] = jtj
             for q in range(6):
-                a[q, q] += lam * (jtj[q, q] + 1e-9)
-            step = -np.linalg.solve(a, g)
+                a[q, q] += lam * jtj[q, q] + 1e-12
+            if not _solve_small(a, -g, step):
+                lam *= 10.0
+                continue
             new_pos = pos + step[:3]
-            new_rot = rot @ _expm(step[3:])
-            r2, jac2 = _residuals(new_pos, new_rot, model, K, c2w, uv, weight)
-            cost2 = r2 @ r2
-            if cost2 <= cost:
-                pos, rot, r, jac, cost = new_pos, new_rot, r2, jac2, cost2
+            new_rot = _expm(step[3:]) @ rot
+            cost_new = _residuals(new_pos, new_rot, model, K, c2w, uv, weight, r_new, jac_new)
+            if cost_new <= cost:
+                converged = np.abs(step).max() < 1e-9
+                pos, rot, cost = new_pos, new_rot, cost_new
+                r, r_new = r_new, r
+                jac, jac_new = jac_new, jac
                 lam = max(lam * 0.1, 1e-9)
                 improved = True
                 break
             lam *= 10.0
-        if not improved or np.max(np.abs(step * scale)) < 1e-10:
+        if not improved or converged:
             break
     return pos, rot, cost
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def fit_poses(
     uv: np.ndarray,
     weight: np.ndarray,
