@@ -67,8 +67,8 @@ def decode(
     else:
         scale, offset = 1.0, 0.0
     sigma = blob_sigma(height, width)
-    stride = max(1, int(sigma / 4))
-    fit_stride = max(1, round(sigma / 8))
+    stride = max(1, int(sigma / 3))
+    fit_stride = max(1, int(sigma / 6))
     radius = int(np.ceil(2.2 * sigma))
     blue_floor = BLUE_FLOOR + 0.15
     detect = np.array([detect_level, detect_level, blue_floor + detect_level / 2])

@@ -226,8 +226,8 @@ def _triangulate(origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray) -> 
         a += weights[i] * proj
         b += weights[i] * (proj @ origins[i])
     x = np.zeros(3)
-    eig = np.linalg.eigvalsh(a)
-    if eig[0] < 1e-8 * eig[2] or not _solve_small(a, b, x):
+    size = (a[0, 0] + a[1, 1] + a[2, 2]) / 3.0
+    if np.linalg.det(a) < 1e-6 * size**3 or not _solve_small(a, b, x):
         return np.full(3, np.nan)
     return x
 

@@ -28,13 +28,13 @@ def decode_reference(
 ) -> np.ndarray:
     """Decode like `fuse_multiview_heatmaps_to_7d_point_torch` (inference.py settings by default).
 
-    images: [T, V, H, W, 3] uint8 (0..255) or float in [0, 1] (scaled by 255, as the reference
-    sees uint8 frames). Returns [T, 7] float64 = [x, y, z, dir_x, dir_y, dir_z, gripper] where dir
-    is the unit tool +x axis and gripper follows the reference rule (1 if any blue value > 128).
+    images: [T, V, H, W, 3] uint8 (0..255) or float in [0, 1]; the heat (channel / 255) is held
+    in float32 as in the reference, ray and score arithmetic is float64. Returns [T, 7] float64
+    = [x, y, z, dir_x, dir_y, dir_z, gripper]: dir is the unit tool +x axis and gripper follows
+    the reference rule (1 if any blue value > 128). near/far: metres along the view-0 ray.
     """
     images, cameras = check_images_and_cameras(images, cameras)
-    heat = images.astype(np.float64) if images.dtype == np.uint8 else images * 255.0
-    heat = heat / 255.0
+    heat = images.astype(np.float32) / np.float32(255.0) if images.dtype == np.uint8 else images
     K = np.stack([cam.K for cam in cameras])
     c2w = np.stack([cam.c2w for cam in cameras])
     depths = np.linspace(near, far, num_samples)
