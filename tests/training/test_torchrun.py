@@ -1,4 +1,5 @@
-"""`aimg train` under torchrun: 2 CPU processes (DDP on gloo) match 1 process, and resume."""
+"""`aimg train` under torchrun: 2 CPU processes (DDP or FSDP2 on gloo) match 1 process and
+resume."""
 
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ def _run(args: list[str], processes: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_processes_with_resume_match_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_with_resume_match_one_process_with_the_same_global_batch(tmp_path, parallel):
     data = tmp_path / "data"
     write_synthetic_episodes(data, 3, frames=12)
     preset = write_tiny_preset(tmp_path / "tiny.yaml", data, tmp_path / "unused")
     per_rank = tmp_path / "per_rank.yaml"
-    per_rank.write_text(preset.read_text().replace("batch_size: 2", "batch_size: 1"))
+    per_rank.write_text(
+        preset.read_text().replace("batch_size: 2", f"batch_size: 1\n  parallel: {parallel}")
+    )
 
     two = tmp_path / "two"
     common = ["--no-progress", "--run-dir"]

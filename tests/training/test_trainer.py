@@ -130,7 +130,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, run_dir: str, parallel: str) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -141,16 +141,23 @@ def _ddp_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
     try:
-        trainer = _trainer(run_dir, ctx=ctx, batch_size=2, parallel="ddp")
-        trainer.fit(4)
+        first = _trainer(run_dir, ctx=ctx, batch_size=2, parallel=parallel)
+        wrapped = type(next(first.model.parameters())).__name__ == "DTensor"
+        assert wrapped == (parallel == "fsdp")
+        first.fit(3)
+        resumed = _trainer(run_dir, ctx=ctx, batch_size=2, parallel=parallel)
+        assert resumed.resume_latest() and resumed.step == 3
+        resumed.fit(6)
     finally:
         shutdown_distributed()
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_with_resume_match_one_process_with_the_same_global_batch(tmp_path, parallel):
     single = _trainer(tmp_path / "one", batch_size=4)
-    single.fit(4)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
-    saved = ckpt.load_model_file(tmp_path / "two" / "checkpoints" / "step_000004")
+    single.fit(6)
+    run_dir = str(tmp_path / "two")
+    mp.spawn(_worker, args=(2, _free_port(), run_dir, parallel), nprocs=2, join=True)
+    saved = ckpt.load_model_file(tmp_path / "two" / "checkpoints" / "step_000006")
     for name, value in _params(single).items():
         torch.testing.assert_close(saved[name], value, rtol=1e-5, atol=1e-6)
