@@ -93,7 +93,8 @@ def evaluate_checkpoint(
     """Evaluate `checkpoint` on the first `num_episodes` episodes under `data`.
 
     Returns {"summary": {...}, "episodes": [...]} and writes `report.json` plus
-    `sheet_XXX.png` contact sheets into `out_dir` (default `<checkpoint>/eval`).
+    `sheet_XXX.png` contact sheets into `out_dir` (default `<run>/eval/<step>`, outside the
+    checkpoint directory, which training may prune).
     """
     from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
     from aimg.training.distributed import resolve_device
@@ -123,7 +124,10 @@ def evaluate_checkpoint(
     codec = build_latent_codec(mcfg).to(dev)
     text = build_text_encoder(mcfg)
     objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, dev)
-    out_dir = Path(out_dir) if out_dir is not None else step_dir / "eval"
+    if out_dir is None:
+        in_run = step_dir.parent.name == "checkpoints"
+        out_dir = step_dir.parent.parent / "eval" / step_dir.name if in_run else step_dir / "eval"
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[dict[str, Any]] = []
