@@ -82,9 +82,9 @@ def test_codec_decodes_rendered_actions_back_to_recorded_poses(collected):
 
 def test_reported_tcp_projects_onto_the_rendered_tool(world):
     check = TcpProjectionCheck()
-    run_episode(world, RolloutSettings(task="pick", views=4), episode_seed(5, 0), on_frame=check)
+    run_episode(world, RolloutSettings(task="pick", views=2), episode_seed(5, 0), on_frame=check)
     summary = check.summary()
-    assert summary["samples"] > 100
+    assert summary["samples"] > 50
     assert summary["p99_px"] < 0.5 and summary["within_2px"] == 1.0
     assert summary["between_fingers"] > 0.9
 

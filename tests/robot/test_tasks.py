@@ -63,7 +63,7 @@ def test_reach_fails_when_the_arm_does_not_move(world):
     assert not task.success(world, scene)
 
 
-def test_picked_cube_is_really_held_by_friction(world):
+def test_picked_cube_stays_in_the_hand_while_carried(world):
     episode = run_episode(world, RolloutSettings(task="pick"), episode_seed(7, 0))
     assert episode.success
     gripper = episode.poses[:, 6]
