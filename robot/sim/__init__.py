@@ -1,7 +1,9 @@
 """aimg.robot.sim: the simulated xArm cell (PyBullet), behind the `Arm` and `CameraRig` interfaces.
 
-`world` (physics, controller, objects), `cameras` (exact calibration <-> OpenGL matrices),
-`devices` (`SimArm`, `SimCameraRig` on one shared world), `tasks` and `expert` (scenes, success
-checks, scripted trajectories), `collect` (expert episodes to disk), `show` (contact sheets).
-PyBullet is imported lazily (the `sim` extra), so importing this package needs nothing extra.
+`world` (physics, servo controller with xArm error codes, objects, rendering), `assets` (the
+bundled xArm URDF with light visual meshes and a TCP marker), `cameras` (exact calibration <->
+OpenGL matrices), `devices` (`SimArm`, `SimCameraRig` on one shared world), `tasks` and `expert`
+(scenes, success checks, scripted trajectories), `collect` (expert episodes to disk), `show`
+(contact sheets), `verify` (reported poses vs rendered pixels). PyBullet is imported lazily
+(the `sim` extra). May import the core and `aimg.robot.interfaces`.
 """

@@ -128,7 +128,10 @@ class Task(ABC):
 
 
 class ReachTask(Task):
-    """End with the TCP 1.5-4 cm above the target cube's top, within 2 cm horizontally."""
+    """End with the TCP less than 4 cm above the target cube's top, within 2 cm horizontally.
+
+    The expert hovers 1.5 cm above the top face, gripper open.
+    """
 
     name = "reach"
     hover_m = 0.035

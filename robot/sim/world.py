@@ -34,13 +34,21 @@ GRIPPER_MIMIC = (9, 10, 11, 12, 13)
 GRIPPER_LINKS = (7, 8, 9, 10, 11, 12, 13)
 FINGER_LINKS = (9, 12)
 GRIPPER_CLOSED_ANGLE = 0.85
-#: The xArm gripper's TCP: 172 mm along the flange z axis, between the fingertips.
+#: The TCP: 172 mm along the flange z axis (the xArm gripper's documented TCP offset), on the
+#: gripper's axis midway between the finger pads, 2.5 mm above the closed fingertips (open, the
+#: arcing fingers lift their tips 1 cm above it).
 TCP_OFFSET_M = 0.172
 
 
 @dataclass(frozen=True)
 class CellConfig:
-    """Physical parameters of the simulated cell (SI units)."""
+    """Physical parameters of the simulated cell (SI units: m, rad, s, N, N·m).
+
+    The controller runs every `control_decimation` physics ticks; joints move at most
+    `joint_speed_limit` rad/s (the xArm 6's 180 deg/s); a servo target further than
+    `max_servo_jump_m` from the TCP is a C24, one outside `workspace_low/high` a C35; arm
+    contact with the table, or hand contact above `contact_force_limit`, is a C31.
+    """
 
     physics_hz: int = 240
     control_decimation: int = 4
