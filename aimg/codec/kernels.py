@@ -227,27 +227,70 @@ def _triangulate(origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray) -> 
         b += weights[i] * (proj @ origins[i])
     x = np.zeros(3)
     size = (a[0, 0] + a[1, 1] + a[2, 2]) / 3.0
-    if np.linalg.det(a) < 1e-6 * size**3 or not _solve_small(a, b, x):
+    if _det3(a) < 1e-6 * size**3 or not _solve_small(a, b, x):
         return np.full(3, np.nan)
     return x
 
 
 @numba.njit(cache=True)
+def _det3(a: np.ndarray) -> float:
+    return (
+        a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
+        - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
+        + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0])
+    )
+
+
+@numba.njit(cache=True)
+def _nearest_rotation(h: np.ndarray) -> np.ndarray:
+    """Orthonormal factor of the polar decomposition of h (det h > 0), by Newton iteration.
+
+    X <- (X + X^-T) / 2 converges quadratically to the nearest rotation; it needs no LAPACK,
+    which keeps Numba's compile time down.
+    """
+    x = h / (np.abs(h).sum() / 3.0)
+    for _ in range(30):
+        det = _det3(x)
+        if abs(det) < 1e-300:
+            break
+        inv_t = np.empty((3, 3))  # (x^-1)^T = cofactor(x) / det
+        for i in range(3):
+            for j in range(3):
+                i1, i2 = (i + 1) % 3, (i + 2) % 3
+                j1, j2 = (j + 1) % 3, (j + 2) % 3
+                inv_t[i, j] = (x[i1, j1] * x[i2, j2] - x[i1, j2] * x[i2, j1]) / det
+        change = 0.0
+        for i in range(3):
+            for j in range(3):
+                new = 0.5 * (x[i, j] + inv_t[i, j])
+                change = max(change, abs(new - x[i, j]))
+                x[i, j] = new
+        if change < 1e-15:
+            break
+    return x
+
+
+@numba.njit(cache=True)
 def _kabsch(model: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation R and translation p with points ~ p + R @ model (rows), det(R) = +1."""
-    mc = np.zeros(3)
-    pc = np.zeros(3)
-    for i in range(3):
-        mc += model[i] / 3.0
-        pc += points[i] / 3.0
+    """Rotation R and translation p with points ~ p + R @ model (rows 0..2), det(R) = +1.
+
+    Procrustes on the two edge vectors from point 0 and their cross product (which makes the
+    correlation matrix full rank with a positive determinant for any non-degenerate triple).
+    """
     h = np.zeros((3, 3))
-    for i in range(3):
-        h += np.outer(points[i] - pc, model[i] - mc)
-    u, _, vt = np.linalg.svd(h)
-    d = np.eye(3)
-    d[2, 2] = np.sign(np.linalg.det(u @ vt))
-    rot = u @ d @ vt
-    return rot, pc - rot @ mc
+    a = points[1] - points[0]
+    b = points[2] - points[0]
+    ma = model[1] - model[0]
+    mb = model[2] - model[0]
+    c = np.cross(a, b)
+    mc = np.cross(ma, mb)
+    c = c / math.sqrt(np.linalg.norm(c) + 1e-300)
+    mc = mc / math.sqrt(np.linalg.norm(mc) + 1e-300)
+    h += np.outer(a, ma) + np.outer(b, mb) + np.outer(c, mc)
+    rot = _nearest_rotation(h)
+    centre_model = (model[0] + model[1] + model[2]) / 3.0
+    centre_points = (points[0] + points[1] + points[2]) / 3.0
+    return rot, centre_points - rot @ centre_model
 
 
 @numba.njit(cache=True)
