@@ -92,7 +92,8 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
     Item (episode index, seed) -> dict with
     `video` float32 [2, 3, T, H, W] in [-1, 1] (condition view first),
     `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, spec §1),
-    `K` float64 [2, 3, 3] and `c2w` float64 [2, 4, 4] (cameras at H x W, static per clip),
+    `K` float64 [2, T, 3, 3] and `c2w` float64 [2, T, 4, 4] (cameras at H x W per clip frame;
+    moving cameras, e.g. on the wrist, change along T),
     `poses` float64 [T, 7], `instruction` str ("" after text dropout), `seed` int64,
     `episode` int64, `episode_path` str, `views` str ("cond|target"), `frame_indices` int64 [T].
     """
@@ -156,18 +157,28 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
         index, seed = key
         ep = self.episode(index)
         idx, views, drop_text = self.choices(index, seed)
-        cameras = [crop_resize_camera(ep.camera(v, 0), self.height, self.width) for v in views]
-        video = torch.stack(
-            [crop_resize_frames(ep.frames(v)[idx], self.height, self.width) for v in views]
-        )
+        h, w = self.height, self.width
+        # cameras[v][k]: view v at clip frame k (the same object throughout for a static one)
+        cameras = [
+            [crop_resize_camera(ep.camera(v, 0), h, w)] * len(idx)
+            if ep.camera_is_static(v)
+            else [crop_resize_camera(ep.camera(v, int(t)), h, w) for t in idx]
+            for v in views
+        ]
+        video = torch.stack([crop_resize_frames(ep.frames(v)[idx], h, w) for v in views])
         poses = np.asarray(ep.poses, dtype=np.float64)[idx]
-        images = render(poses, cameras, self.height, self.width)  # [T, V, H, W, 3] in [0, 1]
+        if all(ep.camera_is_static(v) for v in views):
+            images = render(poses, [cams[0] for cams in cameras], h, w)  # [T, V, H, W, 3]
+        else:
+            images = np.concatenate(
+                [render(poses[k : k + 1], [c[k] for c in cameras], h, w) for k in range(len(idx))]
+            )
         action_images = torch.from_numpy(np.ascontiguousarray(images)).permute(1, 4, 0, 2, 3)
         return {
             "video": video,
             "action_images": action_images.float() * 2.0 - 1.0,
-            "K": torch.from_numpy(np.stack([c.K for c in cameras])),
-            "c2w": torch.from_numpy(np.stack([c.c2w for c in cameras])),
+            "K": torch.from_numpy(np.array([[c.K for c in cams] for cams in cameras])),
+            "c2w": torch.from_numpy(np.array([[c.c2w for c in cams] for cams in cameras])),
             "poses": torch.from_numpy(poses),
             "instruction": "" if drop_text else str(ep.instruction),
             "seed": torch.tensor(seed, dtype=torch.int64),

@@ -21,6 +21,7 @@ from aimg.training import checkpointing as ckpt
 from aimg.training.config import DataConfig, TrainConfig
 
 from aimg.config import from_dict
+from aimg.geometry import Camera
 
 
 class EvaluationError(ValueError):
@@ -155,6 +156,11 @@ def evaluate_checkpoint(
         for b, item in enumerate(items):
             index = first + b
             cameras = batch_cameras(batch, b)
+            if not all(isinstance(c, Camera) for c in cameras):
+                raise EvaluationError(
+                    f"{paths[index]} has a moving camera; open-loop evaluation decodes with "
+                    "static cameras only (choose static views with data.views)"
+                )
             decoded = decode(predicted[b], cameras)
             gt = item["poses"].numpy()
             result = score_episode(decoded.actions, gt, dataset.episode(index).metadata, threshold)

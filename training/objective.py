@@ -27,14 +27,18 @@ from aimg.model.config import ModelConfig
 from aimg.model.packing import Task, conditioning_mask, pack_camera_latents, pack_latents
 
 
-def batch_cameras(batch: dict[str, Any], index: int) -> list[Camera]:
-    """The cameras of sample `index` of a collated batch, one per view."""
-    K, c2w = batch["K"][index], batch["c2w"][index]
+def batch_cameras(batch: dict[str, Any], index: int) -> list[Camera | list[Camera]]:
+    """The cameras of sample `index` of a collated batch: per view one Camera (static) or a
+    list with one per frame (moving)."""
+    K, c2w = batch["K"][index].numpy(), batch["c2w"][index].numpy()
     height, width = batch["video"].shape[-2:]
-    return [
-        Camera(K[v].double().numpy(), c2w[v].double().numpy(), width, height)
-        for v in range(K.shape[0])
-    ]
+    out: list[Camera | list[Camera]] = []
+    for v in range(K.shape[0]):
+        if (K[v] == K[v, :1]).all() and (c2w[v] == c2w[v, :1]).all():
+            out.append(Camera(K[v, 0], c2w[v, 0], width, height))
+        else:
+            out.append([Camera(k, m, width, height) for k, m in zip(K[v], c2w[v], strict=True)])
+    return out
 
 
 class WorldActionObjective:
@@ -99,7 +103,8 @@ class WorldActionObjective:
         out = []
         for i in range(batch["video"].shape[0]):
             cams = batch_cameras(batch, i)
-            relative = cams[0].c2w if self.data_cfg.relative_cameras else None
+            first = cams[0] if isinstance(cams[0], Camera) else cams[0][0]
+            relative = first.c2w if self.data_cfg.relative_cameras else None
             out.append(self.cameras.get(cams, frames, height, width, relative))
         return torch.stack(out).to(self.device)
 

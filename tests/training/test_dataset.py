@@ -43,7 +43,7 @@ def test_item_has_two_views_of_video_and_action_images_in_minus_one_to_one(episo
         assert item[key].shape == (2, 3, 5, 32, 32)
         assert item[key].dtype == torch.float32
         assert item[key].min() >= -1.0 and item[key].max() <= 1.0
-    assert item["K"].shape == (2, 3, 3) and item["c2w"].shape == (2, 4, 4)
+    assert item["K"].shape == (2, 5, 3, 3) and item["c2w"].shape == (2, 5, 4, 4)
     assert item["poses"].shape == (5, 7)
     assert item["frame_indices"].shape == (5,)
 
@@ -160,3 +160,21 @@ def test_task_mixture_can_be_restricted_to_one_task():
 def test_negative_task_probability_is_rejected():
     with pytest.raises(ValueError, match=">= 0"):
         TaskMixture(v2a=-0.1)
+
+
+def test_moving_cameras_render_each_frame_with_its_own_camera(tmp_path):
+    data = synthetic_episode(0, frames=8, views=("front", "side"), moving=("side",))
+    path = write_episode(tmp_path, data)
+    ds = EpisodeClipDataset([path], DataConfig(roots=[tmp_path], stride=1), 5, 32, 32)
+    item = ds[(0, 4)]
+    ep = read_episode(path)
+    idx = item["frame_indices"].numpy()
+    views = item["views"].split("|")
+    side = views.index("side")
+    assert not torch.equal(item["c2w"][side, 0], item["c2w"][side, -1])
+    assert torch.equal(item["c2w"][1 - side, 0], item["c2w"][1 - side, -1])
+    for k, t in enumerate(idx):
+        cams = [crop_resize_camera(ep.camera(v, int(t)), 32, 32) for v in views]
+        expected = render(ep.poses[t : t + 1], cams, 32, 32)[0]
+        got = (item["action_images"][:, :, k].permute(0, 2, 3, 1).numpy() + 1) / 2
+        np.testing.assert_allclose(got, expected, atol=1e-6)

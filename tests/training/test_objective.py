@@ -9,10 +9,12 @@ import torch
 from aimg.training.config import load_training_preset
 from aimg.training.dataset import EpisodeClipDataset, find_episodes
 from aimg.training.latent_cache import LatentCache
-from aimg.training.objective import WorldActionObjective, codec_signature
+from aimg.training.objective import WorldActionObjective, batch_cameras, codec_signature
 from torch import nn
-from training_fixtures import write_synthetic_episodes, write_tiny_preset
+from training_fixtures import synthetic_episode, write_synthetic_episodes, write_tiny_preset
 
+from aimg.episodes import write_episode
+from aimg.geometry import Camera
 from aimg.model.build import build_latent_codec, build_text_encoder
 from aimg.model.packing import Task, conditioning_mask
 
@@ -114,3 +116,18 @@ def test_latent_cache_gives_the_same_latents_and_is_reused(setup):
     assert (cache.misses, cache.hits) == (3 * 2 * 2, 0)  # samples x views x modalities
     torch.testing.assert_close(cached.inputs(batch, Task.JOINT)["x0"], expected)
     assert (cache.misses, cache.hits) == (12, 12)
+
+
+def test_moving_cameras_give_per_frame_camera_latents(setup):
+    preset, _, tmp = setup
+    root = tmp / "moving"
+    write_episode(root, synthetic_episode(3, frames=12, moving=("side",)))
+    dataset = EpisodeClipDataset(find_episodes([root]), preset.data, 5, 32, 32)
+    batch = torch.utils.data.default_collate([dataset[(0, 21)]])
+    views = batch["views"][0].split("|")
+    cams = batch_cameras(batch, 0)
+    side = views.index("side")
+    assert isinstance(cams[side], list) and isinstance(cams[1 - side], Camera)
+    latents = _objective(preset).camera_latents(batch)[0]  # [V, T_l, C_cam, h, w]
+    assert not torch.equal(latents[side, 0], latents[side, -1])
+    assert torch.equal(latents[1 - side, 0], latents[1 - side, -1])

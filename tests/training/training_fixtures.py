@@ -14,15 +14,24 @@ EYES = {"front": (0.9, 0.0, 0.5), "side": (0.4, 0.7, 0.5), "top": (0.45, 0.05, 1
 TARGET = np.array([0.4, 0.0, 0.1])
 
 
-def make_camera(view: str, height: int, width: int) -> Camera:
+def make_camera(view: str, height: int, width: int, shift: float = 0.0) -> Camera:
     K = intrinsics_matrix(0.9 * width, 0.9 * width, (width - 1) / 2, (height - 1) / 2)
-    return Camera(K, look_at(np.array(EYES[view]), TARGET), width, height)
+    eye = np.array(EYES[view]) + [0.0, shift, 0.0]
+    return Camera(K, look_at(eye, TARGET), width, height)
 
 
 def synthetic_episode(
-    seed: int, frames: int = 12, height: int = 64, width: int = 64, views=VIEWS[:2]
+    seed: int,
+    frames: int = 12,
+    height: int = 64,
+    width: int = 64,
+    views=VIEWS[:2],
+    moving: tuple[str, ...] = (),
 ) -> EpisodeData:
-    """A tool moving in a straight line towards a cube, rendered as moving colour patches."""
+    """A tool moving in a straight line towards a cube, rendered as moving colour patches.
+
+    Views named in `moving` have a camera that slides sideways by 1 cm per frame.
+    """
     rng = np.random.default_rng(seed)
     start = np.array([0.3, -0.1, 0.3]) + rng.uniform(-0.05, 0.05, 3)
     goal = np.array([0.45, 0.1, 0.12]) + rng.uniform(-0.05, 0.05, 3)
@@ -34,15 +43,16 @@ def synthetic_episode(
     images = {}
     cameras = {}
     for view in views:
-        cam = make_camera(view, height, width)
-        uv, _ = cam.project(poses[:, :3])
+        shifts = 0.01 * np.arange(frames) if view in moving else np.zeros(frames)
+        cams = [make_camera(view, height, width, s) for s in shifts]
         video = np.full((frames, height, width, 3), 40, dtype=np.uint8)
         video[..., seed % 3] = 90
         for t in range(frames):
-            u, v = np.clip(np.round(uv[t]).astype(int), 2, [width - 3, height - 3])
+            uv, _ = cams[t].project(poses[t, :3])
+            u, v = np.clip(np.round(uv).astype(int), 2, [width - 3, height - 3])
             video[t, v - 2 : v + 3, u - 2 : u + 3] = (230, 200, 30)
         images[view] = video
-        cameras[view] = cam
+        cameras[view] = cams if view in moving else cams[0]
     return EpisodeData(
         instruction=f"reach the cube {seed % 2}",
         task="reach",
