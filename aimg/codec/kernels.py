@@ -209,10 +209,45 @@ def solve_blobs(
             out[k, c, 4] = 2.0
 
 
+# Small fixed-size helpers written out by hand: Numba's generic `@`, np.cross and np.outer
+# compile to BLAS-calling code that multiplies the first-call compile time.
+
+
+@numba.njit(cache=True)
+def _dot3(a: np.ndarray, b: np.ndarray) -> float:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+@numba.njit(cache=True)
+def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(3)
+    out[0] = a[1] * b[2] - a[2] * b[1]
+    out[1] = a[2] * b[0] - a[0] * b[2]
+    out[2] = a[0] * b[1] - a[1] * b[0]
+    return out
+
+
+@numba.njit(cache=True)
+def _matvec3(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    out = np.empty(3)
+    for i in range(3):
+        out[i] = a[i, 0] * v[0] + a[i, 1] * v[1] + a[i, 2] * v[2]
+    return out
+
+
+@numba.njit(cache=True)
+def _matmul3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
+    return out
+
+
 @numba.njit(cache=True)
 def _ray(K: np.ndarray, c2w: np.ndarray, u: float, v: float) -> tuple[np.ndarray, np.ndarray]:
     d_cam = np.array([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], 1.0])
-    d = np.ascontiguousarray(c2w[:3, :3]) @ d_cam
+    d = _matvec3(c2w, d_cam)
     return c2w[:3, 3].copy(), d / np.linalg.norm(d)
 
 
@@ -222,9 +257,13 @@ def _triangulate(origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray) -> 
     a = np.zeros((3, 3))
     b = np.zeros(3)
     for i in range(origins.shape[0]):
-        proj = np.eye(3) - np.outer(dirs[i], dirs[i])
-        a += weights[i] * proj
-        b += weights[i] * (proj @ origins[i])
+        d = dirs[i]
+        along = _dot3(d, origins[i])
+        for p in range(3):
+            for q in range(3):
+                proj = (1.0 if p == q else 0.0) - d[p] * d[q]
+                a[p, q] += weights[i] * proj
+            b[p] += weights[i] * (origins[i, p] - d[p] * along)
     x = np.zeros(3)
     size = (a[0, 0] + a[1, 1] + a[2, 2]) / 3.0
     if _det3(a) < 1e-6 * size**3 or not _solve_small(a, b, x):
@@ -282,15 +321,17 @@ def _kabsch(model: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarr
     b = points[2] - points[0]
     ma = model[1] - model[0]
     mb = model[2] - model[0]
-    c = np.cross(a, b)
-    mc = np.cross(ma, mb)
+    c = _cross3(a, b)
+    mc = _cross3(ma, mb)
     c = c / math.sqrt(np.linalg.norm(c) + 1e-300)
     mc = mc / math.sqrt(np.linalg.norm(mc) + 1e-300)
-    h += np.outer(a, ma) + np.outer(b, mb) + np.outer(c, mc)
+    for i in range(3):
+        for j in range(3):
+            h[i, j] = a[i] * ma[j] + b[i] * mb[j] + c[i] * mc[j]
     rot = _nearest_rotation(h)
     centre_model = (model[0] + model[1] + model[2]) / 3.0
     centre_points = (points[0] + points[1] + points[2]) / 3.0
-    return rot, centre_points - rot @ centre_model
+    return rot, centre_points - _matvec3(rot, centre_model)
 
 
 @numba.njit(cache=True)
@@ -314,12 +355,12 @@ def _single_view_init(
         axis = known[other] - known[0]
         radius = length
     axis = axis / np.linalg.norm(axis)
-    denom = direction @ axis
+    denom = _dot3(direction, axis)
     parallel = abs(denom) < 1e-6
-    s = (centre - origin) @ direction if parallel else ((centre - origin) @ axis) / denom
+    s = _dot3(centre - origin, direction) if parallel else _dot3(centre - origin, axis) / denom
     hit = origin + s * direction
     off = hit - centre
-    off -= (off @ axis) * axis
+    off -= _dot3(off, axis) * axis
     norm = np.linalg.norm(off)
     if norm < 1e-9:
         return hit
@@ -365,7 +406,7 @@ def _starts(
                 continue
             radius = np.linalg.norm(model[k] - model[anchor])
             o, d = single_origin[k], single_dir[k]
-            s0 = (points[anchor] - o) @ d
+            s0 = _dot3(points[anchor] - o, d)
             miss = np.linalg.norm(o + s0 * d - points[anchor])
             half = math.sqrt(max(radius * radius - miss * miss, 0.0))
             sign = 1.0 if (q >> bit) & 1 else -1.0
@@ -375,21 +416,25 @@ def _starts(
 
 
 @numba.njit(cache=True)
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
-@numba.njit(cache=True)
 def _expm(w: np.ndarray) -> np.ndarray:
-    theta = np.linalg.norm(w)
-    k = _skew(w)
+    """Rotation matrix of the rotation vector w (Rodrigues)."""
+    theta = math.sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2])
     if theta < 1e-12:
-        return np.eye(3) + k
-    return (
-        np.eye(3)
-        + (math.sin(theta) / theta) * k
-        + ((1.0 - math.cos(theta)) / (theta * theta)) * (k @ k)
-    )
+        a, b = 1.0, 0.5
+    else:
+        a = math.sin(theta) / theta
+        b = (1.0 - math.cos(theta)) / (theta * theta)
+    out = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = b * w[i] * w[j] + (1.0 - b * theta * theta if i == j else 0.0)
+    out[0, 1] -= a * w[2]
+    out[1, 0] += a * w[2]
+    out[0, 2] += a * w[1]
+    out[2, 0] -= a * w[1]
+    out[1, 2] -= a * w[0]
+    out[2, 1] += a * w[0]
+    return out
 
 
 @numba.njit(cache=True)
@@ -534,7 +579,7 @@ def _fit_pose(
                 lam *= 10.0
                 continue
             new_pos = pos + step[:3]
-            new_rot = _expm(step[3:]) @ rot
+            new_rot = _matmul3(_expm(step[3:]), rot)
             cost_new = _residuals(new_pos, new_rot, model, K, c2w, uv, weight, r_new, jac_new)
             if cost_new <= cost:
                 converged = np.abs(step).max() < 1e-9
