@@ -61,6 +61,17 @@ def init_distributed(device: str = "auto") -> DistContext:
     return DistContext(rank, world_size, local_rank, dev)
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Cap torch's and numba's CPU threads (they share one OpenMP runtime); 0 = leave as is."""
+    if threads <= 0:
+        return
+    import numba
+
+    # numba first: starting its OpenMP layer resets the shared thread count
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
+
+
 def shutdown_distributed() -> None:
     """Leave the process group if one was joined."""
     if dist.is_initialized():

@@ -98,7 +98,7 @@ def evaluate_checkpoint(
     checkpoint directory, which training may prune).
     """
     from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
-    from aimg.training.distributed import resolve_device
+    from aimg.training.distributed import resolve_device, set_cpu_threads
     from aimg.training.objective import WorldActionObjective, batch_cameras
     from PIL import Image
 
@@ -115,6 +115,8 @@ def evaluate_checkpoint(
     extra = loaded.extra
     dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
     tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
+    if dev.type == "cpu":
+        set_cpu_threads(tcfg.cpu_threads)
     try:
         paths = find_episodes(data)[:num_episodes]
     except DatasetError as exc:

@@ -28,6 +28,7 @@ from aimg.training.distributed import (
     any_rank,
     barrier,
     enable_activation_checkpointing,
+    set_cpu_threads,
     unwrap_model,
     wrap_model,
 )
@@ -107,6 +108,8 @@ class Trainer:
 
         seed_everything(cfg.seed + ctx.rank)
         on_cuda = ctx.device.type == "cuda"
+        if not on_cuda:
+            set_cpu_threads(cfg.cpu_threads)
         self.autocast_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
         if self.autocast_bf16 and not on_cuda:
             raise ValueError("train.precision 'bf16' autocast is for CUDA; use 'auto' on CPU")
