@@ -55,6 +55,9 @@ def decode(
 ) -> DecodedActions:
     """Decode action images [T, V, H, W, 3] (uint8, or float in [0, 1]) seen by V cameras.
 
+    Cameras: one static `Camera` per view, at the images' size. Frames that cannot be solved
+    (a point seen by no view, or no point seen by two) get NaN poses and confidence 0.
+
     detect_level: a blob counts as present in a view when its smoothed peak rises this far
     above the background (blue: above the 0.25 step). gripper_threshold: blue background level
     above which the gripper is open (half of the rendered 0.25).

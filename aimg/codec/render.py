@@ -69,7 +69,9 @@ def render(actions: np.ndarray, cameras: Sequence[Camera], height: int, width: i
     """Render actions [T, 7] (m, rad, g in [0, 1]) into float32 images [T, V, H, W, 3] in [0, 1].
 
     Cameras must already describe `height` x `width` images (use `Camera.scaled` or
-    `Camera.resized` first), because K is in pixels of the rendered image.
+    `Camera.resized` first), because K is in pixels of the rendered image. Equal to the
+    reference's float32 path; unlike the reference, points behind a camera are not drawn
+    (it draws them mirrored) and nothing is rounded to bf16 (see the module docstring).
     """
     cameras = list(cameras)
     if not cameras:
