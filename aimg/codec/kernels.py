@@ -3,8 +3,8 @@
 Localisation reads each frame about once and mostly much less: a strided coarse grid finds each
 blob and the background levels, then one window per blob at full resolution accumulates the
 moments of a weighted log-Gaussian least-squares fit. The pose fit triangulates the three points
-over all views, aligns the rigid three-point model (Kabsch) and refines the 6-DoF pose by
-Gauss-Newton on the reprojection error of every observation.
+over all views, aligns the rigid three-point model to them (Procrustes) and refines the 6-DoF
+pose by Levenberg-Marquardt on the reprojection error of every observation.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def solve_blobs(
     mode 1: free-sigma fit (4 parameters); mode 2: sigma fixed at `fixed_sigma` px (3
     parameters, for blobs cut by the image border, where a free width is ill-conditioned);
     mode 0: absent or degenerate (u, v NaN). Free fits are tried first and kept when their
-    centre lies at least one sigma inside the fitted pixels' window and their width is plausible.
+    width is plausible (0.5-2 x `sigma`) and their centre within 1.2 sigma of the window centre.
     """
     n = moments.shape[0]
     for k in numba.prange(n):
