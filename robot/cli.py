@@ -67,14 +67,16 @@ def collect(
 @app.command()
 def show(
     episode: Path = typer.Argument(..., help="An episode directory."),
-    out: Path = typer.Option(None, help="PNG to write (default: <episode>/contact_sheet.png)."),
+    out: Path = typer.Option(
+        None, help="PNG to write (default: ./<episode name>_sheet.png; episodes stay untouched)."
+    ),
     columns: int = typer.Option(8, min=1, help="Frames per row (evenly spaced over the episode)."),
     scale: int = typer.Option(2, min=1, help="Pixel upscaling of each tile."),
 ) -> None:
     """Write a PNG contact sheet: frames of every view with the rendered action images on top."""
     from aimg.robot.sim.show import contact_sheet
 
-    target = out or episode / "contact_sheet.png"
+    target = out or Path(f"{episode.resolve().name}_sheet.png")
     try:
         contact_sheet(episode, target, columns=columns, scale=scale)
     except ValueError as exc:

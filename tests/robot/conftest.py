@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("pybullet", reason="the sim tests need the `sim` extra (pybullet)")
-
 
 @pytest.fixture(scope="module")
 def world():

@@ -63,7 +63,6 @@ def test_rerunning_collect_only_writes_missing_episodes(collected, tmp_path):
     assert collect(copy, SETTINGS, episodes=2, seed=5) == []
 
 
-@pytest.mark.slow  # the codec's first decode compiles its Numba kernels (tens of seconds)
 def test_codec_decodes_rendered_actions_back_to_recorded_poses(collected):
     root, _ = collected
     episode = read_episode(root / "episode_000000")
