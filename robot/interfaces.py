@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aimg.geometry import Camera, matrix_to_action
+from aimg.geometry import Camera, action_to_matrix, matrix_to_action
 
 
 class ArmErrorCode(enum.IntEnum):
@@ -116,8 +116,6 @@ class Arm(ABC):
 
     def servo_action(self, action: np.ndarray) -> None:
         """Servo to an action 7-vector: pose from its first six entries, gripper from the last."""
-        from aimg.geometry import action_to_matrix
-
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (7,):
             raise ValueError(
