@@ -89,3 +89,16 @@ def test_arm_and_rig_in_another_process_follow_commands_in_real_time():
     np.testing.assert_allclose(state.tool_pose[:3, 3], target[:3, 3], atol=1e-3)
     assert frames.images["left"].shape == (64, 64, 3)
     assert not channel.server_alive
+
+
+def test_servo_action_takes_an_action_vector_with_the_gripper(fresh_world):
+    with SimArm(fresh_world) as arm:
+        action = arm.read_state().action
+        action[0] += 0.03
+        action[6] = 0.4
+        arm.servo_action(action)
+        fresh_world.advance(1.0)
+        np.testing.assert_allclose(arm.read_state().action[:6], action[:6], atol=2e-3)
+        assert arm.read_state().gripper == pytest.approx(0.4, abs=0.02)
+        with pytest.raises(ValueError, match="7-vector"):
+            arm.servo_action(action[:6])
