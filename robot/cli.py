@@ -26,8 +26,9 @@ def collect(
     workers: int = typer.Option(1, min=1, help="Worker processes."),
 ) -> None:
     """Roll out the scripted expert and write episodes; re-running continues where it stopped."""
-    from aimg.robot.sim.collect import RolloutSettings, collect, missing_indices
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from aimg.robot.sim.collect import RolloutSettings, collect, missing_indices
 
     settings = RolloutSettings(task=task, views=views, height=size, width=size, fps=fps)
     todo = len(missing_indices(out, episodes))

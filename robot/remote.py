@@ -22,9 +22,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
-from aimg.robot.interfaces import Arm, ArmError, ArmState, CameraRig, RigFrames
 
 from aimg.geometry import Camera
+from aimg.robot.interfaces import Arm, ArmError, ArmState, CameraRig, RigFrames
 
 DeviceFactory = Callable[[], Mapping[str, object]]
 

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from aimg.robot.sim.cameras import default_camera_specs
-from aimg.robot.sim.tasks import COLOURS, CUBE_SIZE_M, get_task
-from aimg.robot.sim.world import TCP_OFFSET_M, CellConfig, SimWorld, top_down_pose
 
 from aimg.episodes import (
     EpisodeData,
@@ -25,6 +22,9 @@ from aimg.episodes import (
     write_episode,
 )
 from aimg.geometry import Camera, matrix_to_action
+from aimg.robot.sim.cameras import default_camera_specs
+from aimg.robot.sim.tasks import COLOURS, CUBE_SIZE_M, get_task
+from aimg.robot.sim.world import TCP_OFFSET_M, CellConfig, SimWorld, top_down_pose
 
 SETTLE_S = 0.25
 FINAL_HOLD_S = 0.4

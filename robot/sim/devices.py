@@ -10,11 +10,11 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+
+from aimg.geometry import Camera
 from aimg.robot.interfaces import Arm, ArmError, ArmState, CameraRig, RigFrames
 from aimg.robot.sim.cameras import CameraSpec, default_camera_specs
 from aimg.robot.sim.world import CellConfig, SimWorld
-
-from aimg.geometry import Camera
 
 
 class SimArm(Arm):

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+
 from aimg.robot.interfaces import ArmErrorCode
 from aimg.robot.sim.expert import Trajectory, Waypoint, segment_duration
 from aimg.robot.sim.world import FINGER_LINKS, SimWorld, top_down_pose

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from aimg.robot.sim.assets import TCP_MARKER_LINK
-from aimg.robot.sim.world import FINGER_LINKS, SimWorld
 
 from aimg.geometry import Camera
+from aimg.robot.sim.assets import TCP_MARKER_LINK
+from aimg.robot.sim.world import FINGER_LINKS, SimWorld
 
 
 def link_index(world: SimWorld, name: str) -> int:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from aimg.robot.interfaces import ArmErrorCode, ArmState
-from aimg.robot.sim.assets import light_xarm_urdf
-from aimg.robot.sim.cameras import gl_projection_matrix, gl_view_matrix
 
 from aimg.geometry import Camera, invert_pose, matrix_to_quat, pose_to_matrix, quat_to_matrix
 from aimg.optional import require
+from aimg.robot.interfaces import ArmErrorCode, ArmState
+from aimg.robot.sim.assets import light_xarm_urdf
+from aimg.robot.sim.cameras import gl_projection_matrix, gl_view_matrix
 
 ARM_JOINTS = (1, 2, 3, 4, 5, 6)
 FLANGE_LINK = 6

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pybullet as p
+from pybullet_utils.bullet_client import BulletClient
+
 from aimg.robot.sim.assets import (
     TCP_MARKER_LINK,
     URDF_NAME,
@@ -12,7 +14,6 @@ from aimg.robot.sim.assets import (
     pybullet_data_path,
 )
 from aimg.robot.sim.world import TCP_OFFSET_M
-from pybullet_utils.bullet_client import BulletClient
 
 
 def _grid_triangles(n: int) -> np.ndarray:

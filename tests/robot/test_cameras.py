@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pybullet as p
 import pytest
+
+from aimg.geometry import Camera
 from aimg.robot.sim.cameras import (
     CameraSpec,
     c2w_from_gl_view,
@@ -14,8 +16,6 @@ from aimg.robot.sim.cameras import (
     intrinsics_from_gl,
 )
 from aimg.robot.sim.verify import mask_centroid
-
-from aimg.geometry import Camera
 
 
 def _off_centre(camera: Camera, du: float, dv: float) -> Camera:

@@ -6,15 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
-from aimg.robot.cli import app
-from aimg.robot.sim.collect import RolloutSettings, collect, episode_seed, run_episode
-from aimg.robot.sim.verify import TcpProjectionCheck
 from PIL import Image
 from typer.testing import CliRunner
 
 from aimg.codec import decode, render
 from aimg.episodes import read_episode
 from aimg.geometry import euler_xyz_to_matrix, rotation_angle_between
+from aimg.robot.cli import app
+from aimg.robot.sim.collect import RolloutSettings, collect, episode_seed, run_episode
+from aimg.robot.sim.verify import TcpProjectionCheck
 
 SETTINGS = RolloutSettings(task="pick", views=2, height=96, width=96)
 

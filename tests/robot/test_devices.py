@@ -7,12 +7,12 @@ import time
 
 import numpy as np
 import pytest
+
+from aimg.geometry import action_to_matrix
 from aimg.robot.interfaces import Arm, ArmError, ArmErrorCode, CameraRig
 from aimg.robot.remote import RemoteArm, RemoteCameraRig, spawn_server
 from aimg.robot.sim.devices import SimArm, SimCameraRig, make_sim_devices
 from aimg.robot.sim.world import top_down_pose
-
-from aimg.geometry import action_to_matrix
 
 
 def test_sim_arm_refuses_commands_before_connect():

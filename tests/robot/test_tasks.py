@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from aimg.robot.sim.collect import RolloutSettings, episode_seed, run_episode
 from aimg.robot.sim.expert import Trajectory, Waypoint, min_jerk
 from aimg.robot.sim.tasks import COLOURS, get_task, sample_scene

@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 import pytest
-from aimg.robot.interfaces import ArmErrorCode
-from aimg.robot.sim.world import CellConfig, SimWorld, top_down_pose
 
 from aimg.geometry import rotation_angle_between
+from aimg.robot.interfaces import ArmErrorCode
+from aimg.robot.sim.world import CellConfig, SimWorld, top_down_pose
 
 
 def _servo_line(world: SimWorld, target: np.ndarray, seconds: float) -> None:
