@@ -78,6 +78,36 @@ def bench_episodes(
     typer.echo(json.dumps(result, indent=2))
 
 
+@bench_app.command("model")
+def bench_model(
+    preset: str = typer.Option("configs/sim-tiny.yaml", help="Model preset YAML."),
+    batch: int = typer.Option(8, help="Batch size."),
+    repeats: int = typer.Option(5, help="Timed repetitions (the median is reported)."),
+    threads: int = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Time one training step and one inference forward of a model preset."""
+    from aimg.model.bench import run_model_benchmark
+
+    typer.echo(json.dumps(run_model_benchmark(preset, batch, repeats, threads, device), indent=2))
+
+
+@app.command("convert-reference")
+def convert_reference(
+    checkpoint: str = typer.Argument(..., help="Reference ActionImages .ckpt (DiT state dict)."),
+    output_dir: str = typer.Argument(..., help="Directory for model.safetensors + config.json."),
+    preset: str = typer.Option("configs/official-5b.yaml", help="Preset the checkpoint matches."),
+    dtype: str = typer.Option(None, help="fp32 or bf16 (default: keep the file's dtype)."),
+) -> None:
+    """Convert the released reference checkpoint into an aimg checkpoint directory (spec §7).
+
+    The .ckpt is read with torch.load(weights_only=True); unexpected or missing keys are listed.
+    """
+    from aimg.model.official import convert_checkpoint_file
+
+    typer.echo(str(convert_checkpoint_file(checkpoint, output_dir, preset, dtype)))
+
+
 def _register_stage_commands() -> None:
     for entry in importlib.metadata.entry_points(group="aimg.commands"):
         sub_app = entry.load()
