@@ -26,7 +26,7 @@ HIST_BINS = 1020
 """Histogram bins on [0, 1] for the background median (a multiple of 255: exact for uint8)."""
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _histogram_median(hist: np.ndarray) -> float:
     half = hist.sum() / 2.0
     acc = 0
@@ -37,7 +37,7 @@ def _histogram_median(hist: np.ndarray) -> float:
     return 1.0
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def localise(
     images: np.ndarray,
     scale: float,
@@ -142,7 +142,7 @@ def localise(
             info[k, c, INFO_COUNT] = count
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _normal_matrix(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.empty((4, 4))
     a[0, 0], a[0, 1], a[0, 2], a[0, 3] = s[0], s[1], s[2], s[3]
@@ -156,7 +156,7 @@ def _normal_matrix(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def solve_blobs(
     moments: np.ndarray, info: np.ndarray, sigma: float, fixed_sigma: float, out: np.ndarray
 ) -> None:
@@ -209,16 +209,30 @@ def solve_blobs(
             out[k, c, 4] = 2.0
 
 
-# Small fixed-size helpers written out by hand: Numba's generic `@`, np.cross and np.outer
-# compile to BLAS-calling code that multiplies the first-call compile time.
+# Small fixed-size helpers written out by hand: Numba's generic `@`, np.cross, np.outer and
+# array expressions each compile to sizeable code, which multiplies the first-call compile time.
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _dot3(a: np.ndarray, b: np.ndarray) -> float:
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
+def _norm3(a: np.ndarray) -> float:
+    return math.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _axpy3(a: np.ndarray, s: float, b: np.ndarray) -> np.ndarray:
+    """a + s·b for 3-vectors, as a new array."""
+    out = np.empty(3)
+    for i in range(3):
+        out[i] = a[i] + s * b[i]
+    return out
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(3)
     out[0] = a[1] * b[2] - a[2] * b[1]
@@ -227,7 +241,7 @@ def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _matvec3(a: np.ndarray, v: np.ndarray) -> np.ndarray:
     out = np.empty(3)
     for i in range(3):
@@ -235,7 +249,7 @@ def _matvec3(a: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _matmul3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty((3, 3))
     for i in range(3):
@@ -244,14 +258,17 @@ def _matmul3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _ray(K: np.ndarray, c2w: np.ndarray, u: float, v: float) -> tuple[np.ndarray, np.ndarray]:
-    d_cam = np.array([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], 1.0])
+    d_cam = np.empty(3)
+    d_cam[0] = (u - K[0, 2]) / K[0, 0]
+    d_cam[1] = (v - K[1, 2]) / K[1, 1]
+    d_cam[2] = 1.0
     d = _matvec3(c2w, d_cam)
-    return c2w[:3, 3].copy(), d / np.linalg.norm(d)
+    return _axpy3(c2w[:3, 3], 0.0, d), _axpy3(d, 1.0 / _norm3(d) - 1.0, d)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _triangulate(origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted least-squares point nearest to the rays; NaN when they are (near) parallel."""
     a = np.zeros((3, 3))
@@ -267,11 +284,11 @@ def _triangulate(origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray) -> 
     x = np.zeros(3)
     size = (a[0, 0] + a[1, 1] + a[2, 2]) / 3.0
     if _det3(a) < 1e-6 * size**3 or not _solve_small(a, b, x):
-        return np.full(3, np.nan)
+        x[:] = np.nan
     return x
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _det3(a: np.ndarray) -> float:
     return (
         a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
@@ -280,14 +297,21 @@ def _det3(a: np.ndarray) -> float:
     )
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _nearest_rotation(h: np.ndarray) -> np.ndarray:
     """Orthonormal factor of the polar decomposition of h (det h > 0), by Newton iteration.
 
     X <- (X + X^-T) / 2 converges quadratically to the nearest rotation; it needs no LAPACK,
     which keeps Numba's compile time down.
     """
-    x = h / (np.abs(h).sum() / 3.0)
+    total = 0.0
+    for i in range(3):
+        for j in range(3):
+            total += abs(h[i, j])
+    x = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            x[i, j] = h[i, j] * 3.0 / total
     for _ in range(30):
         det = _det3(x)
         if abs(det) < 1e-300:
@@ -309,7 +333,7 @@ def _nearest_rotation(h: np.ndarray) -> np.ndarray:
     return x
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _kabsch(model: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotation R and translation p with points ~ p + R @ model (rows 0..2), det(R) = +1.
 
@@ -317,24 +341,27 @@ def _kabsch(model: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarr
     correlation matrix full rank with a positive determinant for any non-degenerate triple).
     """
     h = np.zeros((3, 3))
-    a = points[1] - points[0]
-    b = points[2] - points[0]
-    ma = model[1] - model[0]
-    mb = model[2] - model[0]
+    a = _axpy3(points[1], -1.0, points[0])
+    b = _axpy3(points[2], -1.0, points[0])
+    ma = _axpy3(model[1], -1.0, model[0])
+    mb = _axpy3(model[2], -1.0, model[0])
     c = _cross3(a, b)
     mc = _cross3(ma, mb)
-    c = c / math.sqrt(np.linalg.norm(c) + 1e-300)
-    mc = mc / math.sqrt(np.linalg.norm(mc) + 1e-300)
+    c_scale = 1.0 / math.sqrt(_norm3(c) + 1e-300)
+    mc_scale = 1.0 / math.sqrt(_norm3(mc) + 1e-300)
     for i in range(3):
         for j in range(3):
-            h[i, j] = a[i] * ma[j] + b[i] * mb[j] + c[i] * mc[j]
+            h[i, j] = a[i] * ma[j] + b[i] * mb[j] + c[i] * c_scale * mc[j] * mc_scale
     rot = _nearest_rotation(h)
-    centre_model = (model[0] + model[1] + model[2]) / 3.0
-    centre_points = (points[0] + points[1] + points[2]) / 3.0
-    return rot, centre_points - _matvec3(rot, centre_model)
+    centre_model = np.empty(3)
+    centre_points = np.empty(3)
+    for i in range(3):
+        centre_model[i] = (model[0, i] + model[1, i] + model[2, i]) / 3.0
+        centre_points[i] = (points[0, i] + points[1, i] + points[2, i]) / 3.0
+    return rot, _axpy3(centre_points, -1.0, _matvec3(rot, centre_model))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _single_view_init(
     k: int, known: np.ndarray, origin: np.ndarray, direction: np.ndarray, length: float
 ) -> np.ndarray:
@@ -346,28 +373,29 @@ def _single_view_init(
     once; the result is that crossing pulled onto the circle.
     """
     if k == 0:
-        centre = 0.5 * (known[1] + known[2])
-        axis = known[2] - known[1]
-        radius = 0.5 * np.linalg.norm(axis)
+        axis = _axpy3(known[2], -1.0, known[1])
+        centre = _axpy3(known[1], 0.5, axis)
+        radius = 0.5 * _norm3(axis)
     else:
         other = 2 if k == 1 else 1
-        centre = known[0].copy()
-        axis = known[other] - known[0]
+        centre = _axpy3(known[0], 0.0, known[0])
+        axis = _axpy3(known[other], -1.0, known[0])
         radius = length
-    axis = axis / np.linalg.norm(axis)
+    axis = _axpy3(axis, 1.0 / _norm3(axis) - 1.0, axis)
     denom = _dot3(direction, axis)
+    to_centre = _axpy3(centre, -1.0, origin)
     parallel = abs(denom) < 1e-6
-    s = _dot3(centre - origin, direction) if parallel else _dot3(centre - origin, axis) / denom
-    hit = origin + s * direction
-    off = hit - centre
-    off -= _dot3(off, axis) * axis
-    norm = np.linalg.norm(off)
+    s = _dot3(to_centre, direction) if parallel else _dot3(to_centre, axis) / denom
+    hit = _axpy3(origin, s, direction)
+    off = _axpy3(hit, -1.0, centre)
+    off = _axpy3(off, -_dot3(off, axis), axis)
+    norm = _norm3(off)
     if norm < 1e-9:
         return hit
-    return centre + radius * off / norm
+    return _axpy3(centre, radius / norm, off)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _starts(
     points: np.ndarray,
     known: int,
@@ -386,7 +414,7 @@ def _starts(
         out[0] = points
         return out
     if known == 2:
-        length = np.linalg.norm(model[1] - model[0])
+        length = _norm3(_axpy3(model[1], -1.0, model[0]))
         out = np.empty((1, 3, 3))
         out[0] = points
         for k in range(3):
@@ -404,18 +432,18 @@ def _starts(
         for k in range(3):
             if k == anchor:
                 continue
-            radius = np.linalg.norm(model[k] - model[anchor])
+            radius = _norm3(_axpy3(model[k], -1.0, model[anchor]))
             o, d = single_origin[k], single_dir[k]
-            s0 = _dot3(points[anchor] - o, d)
-            miss = np.linalg.norm(o + s0 * d - points[anchor])
+            s0 = _dot3(_axpy3(points[anchor], -1.0, o), d)
+            miss = _norm3(_axpy3(_axpy3(o, s0, d), -1.0, points[anchor]))
             half = math.sqrt(max(radius * radius - miss * miss, 0.0))
             sign = 1.0 if (q >> bit) & 1 else -1.0
-            out[q, k] = o + (s0 + sign * half) * d
+            out[q, k] = _axpy3(o, s0 + sign * half, d)
             bit += 1
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _expm(w: np.ndarray) -> np.ndarray:
     """Rotation matrix of the rotation vector w (Rodrigues)."""
     theta = math.sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2])
@@ -437,7 +465,7 @@ def _expm(w: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _residuals(
     pos: np.ndarray,
     rot: np.ndarray,
@@ -499,7 +527,7 @@ def _residuals(
     return cost
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _solve_small(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> bool:
     """Solve a x = b in place of x (n <= 6) by pivoted elimination; False if near singular."""
     n = b.shape[0]
@@ -534,7 +562,7 @@ def _solve_small(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> bool:
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _fit_pose(
     pos: np.ndarray,
     rot: np.ndarray,
@@ -545,16 +573,21 @@ def _fit_pose(
     weight: np.ndarray,
     iterations: int,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Levenberg-Marquardt on the reprojection error; returns pos, rot, weighted SSE."""
+    """Levenberg-Marquardt on the reprojection error; returns pos, rot, weighted SSE.
+
+    Updates `pos` in place. Written with explicit loops (no array expressions), which keeps
+    Numba's compile time down.
+    """
     rows = uv.shape[0] * 6
     r = np.zeros(rows)
     jac = np.zeros((rows, 6))
     r_new = np.zeros(rows)
     jac_new = np.zeros((rows, 6))
     jtj = np.zeros((6, 6))
-    g = np.zeros(6)
+    neg_g = np.zeros(6)
     a = np.zeros((6, 6))
     step = np.zeros(6)
+    new_pos = np.zeros(3)
     cost = _residuals(pos, rot, model, K, c2w, uv, weight, r, jac)
     lam = 1e-6
     for _ in range(iterations):
@@ -562,7 +595,7 @@ def _fit_pose(
             acc = 0.0
             for i in range(rows):
                 acc += jac[i, p] * r[i]
-            g[p] = acc
+            neg_g[p] = -acc
             for q in range(p, 6):
                 acc = 0.0
                 for i in range(rows):
@@ -572,18 +605,26 @@ def _fit_pose(
         improved = False
         converged = False
         for _try in range(8):
-            a[:, :] = jtj
-            for q in range(6):
-                a[q, q] += lam * jtj[q, q] + 1e-12
-            if not _solve_small(a, -g, step):
+            for p in range(6):
+                for q in range(6):
+                    a[p, q] = jtj[p, q]
+                a[p, p] += lam * jtj[p, p] + 1e-12
+            if not _solve_small(a, neg_g, step):
                 lam *= 10.0
                 continue
-            new_pos = pos + step[:3]
+            largest = 0.0
+            for q in range(6):
+                largest = max(largest, abs(step[q]))
+            for q in range(3):
+                new_pos[q] = pos[q] + step[q]
             new_rot = _matmul3(_expm(step[3:]), rot)
             cost_new = _residuals(new_pos, new_rot, model, K, c2w, uv, weight, r_new, jac_new)
             if cost_new <= cost:
-                converged = np.abs(step).max() < 1e-9
-                pos, rot, cost = new_pos, new_rot, cost_new
+                converged = largest < 1e-9
+                for q in range(3):
+                    pos[q] = new_pos[q]
+                rot = new_rot
+                cost = cost_new
                 r, r_new = r_new, r
                 jac, jac_new = jac_new, jac
                 lam = max(lam * 0.1, 1e-9)
@@ -595,7 +636,7 @@ def _fit_pose(
     return pos, rot, cost
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fit_poses(
     uv: np.ndarray,
     weight: np.ndarray,
@@ -615,16 +656,20 @@ def fit_poses(
     """
     num_frames, num_views = uv.shape[0], uv.shape[1]
     for t in numba.prange(num_frames):
-        pose[t] = np.nan
+        for i in range(4):
+            for j in range(4):
+                pose[t, i, j] = np.nan
         stats[t, 0] = np.nan
         seen = np.zeros(3, dtype=np.int64)
         for v in range(num_views):
             for k in range(3):
                 if weight[t, v, k] > 0:
                     seen[k] += 1
-        stats[t, 1] = seen.sum()
-        stats[t, 2] = 1.0 if seen.min() >= 2 else 0.0
-        if seen.min() < 1 or seen.max() < 2:
+        fewest = min(seen[0], seen[1], seen[2])
+        most = max(seen[0], seen[1], seen[2])
+        stats[t, 1] = seen[0] + seen[1] + seen[2]
+        stats[t, 2] = 1.0 if fewest >= 2 else 0.0
+        if fewest < 1 or most < 2:
             continue
         points = np.full((3, 3), np.nan)
         single_origin = np.zeros((3, 3))
@@ -666,8 +711,10 @@ def fit_poses(
         for v in range(num_views):
             for k in range(3):
                 wsum += weight[t, v, k]
-        pose[t, :3, :3] = rot
-        pose[t, :3, 3] = pos
-        pose[t, 3, :3] = 0.0
+        for i in range(3):
+            for j in range(3):
+                pose[t, i, j] = rot[i, j]
+            pose[t, i, 3] = pos[i]
+            pose[t, 3, i] = 0.0
         pose[t, 3, 3] = 1.0
         stats[t, 0] = math.sqrt(cost / max(wsum, 1e-12))

@@ -128,7 +128,7 @@ def _check_actions(actions: np.ndarray) -> np.ndarray:
     return actions
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _rasterise(a5: np.ndarray, out: np.ndarray, sigma: float) -> None:
     """Fill out [N, H, W, 3] from a5 [N, 7]; separable float64 Gaussians, stored float32."""
     n, height, width = out.shape[0], out.shape[1], out.shape[2]
