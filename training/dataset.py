@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from aimg.training.config import DataConfig
 
 from aimg.geometry import Camera
+from aimg.training.config import DataConfig
 
 
 class DatasetError(ValueError):

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from aimg.training import checkpointing as ckpt
-from aimg.training.config import DataConfig, TrainConfig
 
 from aimg.config import from_dict
 from aimg.geometry import Camera
+from aimg.training import checkpointing as ckpt
+from aimg.training.config import DataConfig, TrainConfig
 
 
 class EvaluationError(ValueError):
@@ -97,9 +97,6 @@ def evaluate_checkpoint(
     `sheet_XXX.png` contact sheets into `out_dir` (default `<run>/eval/<step>`, outside the
     checkpoint directory, which training may prune).
     """
-    from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
-    from aimg.training.distributed import resolve_device, set_cpu_threads
-    from aimg.training.objective import WorldActionObjective, batch_cameras
     from PIL import Image
 
     from aimg.codec.decode import decode
@@ -107,6 +104,9 @@ def evaluate_checkpoint(
     from aimg.model.checkpoint import load_checkpoint
     from aimg.model.packing import Task
     from aimg.model.sampler import decode_segments, sample
+    from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
+    from aimg.training.distributed import resolve_device, set_cpu_threads
+    from aimg.training.objective import WorldActionObjective, batch_cameras
 
     step_dir = resolve_checkpoint(checkpoint)
     dev = resolve_device(device)

@@ -13,11 +13,6 @@ import json
 from typing import Any
 
 import torch
-from aimg.training.config import DataConfig, TrainConfig
-from aimg.training.latent_cache import LatentCache
-from aimg.training.loss import TimestepSampler, masked_flow_loss, noised_latents, seeded_noise
-from aimg.training.order import mix_seed
-from aimg.training.tasks import draw_task
 from torch import nn
 
 from aimg.config import to_dict
@@ -25,6 +20,11 @@ from aimg.geometry import Camera
 from aimg.model.camera_latents import CameraLatentCache
 from aimg.model.config import ModelConfig
 from aimg.model.packing import Task, conditioning_mask, pack_camera_latents, pack_latents
+from aimg.training.config import DataConfig, TrainConfig
+from aimg.training.latent_cache import LatentCache
+from aimg.training.loss import TimestepSampler, masked_flow_loss, noised_latents, seeded_noise
+from aimg.training.order import mix_seed
+from aimg.training.tasks import draw_task
 
 
 def batch_cameras(batch: dict[str, Any], index: int) -> list[Camera | list[Camera]]:

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from aimg.config import to_dict
 from aimg.training import checkpointing as ckpt
 from aimg.training.config import TrainingPreset
 from aimg.training.dataset import EpisodeClipDataset, find_episodes
@@ -16,8 +18,6 @@ from aimg.training.distributed import DistContext, init_distributed, shutdown_di
 from aimg.training.latent_cache import LatentCache
 from aimg.training.objective import WorldActionObjective, codec_signature
 from aimg.training.trainer import Trainer
-
-from aimg.config import to_dict
 
 PRESET_FILE = "preset.yaml"
 

@@ -7,10 +7,10 @@ than the others, so a batch cannot mix them); drawn from (seed, step) so every r
 from __future__ import annotations
 
 import numpy as np
-from aimg.training.config import TaskMixture
-from aimg.training.order import mix_seed
 
 from aimg.model.packing import Task
+from aimg.training.config import TaskMixture
+from aimg.training.order import mix_seed
 
 
 def draw_task(mixture: TaskMixture, seed: int, step: int) -> Task:

@@ -20,6 +20,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
 from aimg.training import checkpointing as ckpt
 from aimg.training.config import TrainConfig
 from aimg.training.distributed import (
@@ -33,14 +42,6 @@ from aimg.training.distributed import (
     wrap_model,
 )
 from aimg.training.order import StepBatchSampler
-from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 
 class Objective(Protocol):

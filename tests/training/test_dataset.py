@@ -8,6 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from training_fixtures import VIEWS, make_camera, synthetic_episode, write_synthetic_episodes
+
+from aimg.codec import render
+from aimg.episodes import read_episode, write_episode
+from aimg.model.packing import Task
 from aimg.training.config import DataConfig, TaskMixture
 from aimg.training.dataset import (
     DatasetError,
@@ -18,11 +23,6 @@ from aimg.training.dataset import (
     find_episodes,
 )
 from aimg.training.tasks import draw_task
-from training_fixtures import VIEWS, make_camera, synthetic_episode, write_synthetic_episodes
-
-from aimg.codec import render
-from aimg.episodes import read_episode, write_episode
-from aimg.model.packing import Task
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from aimg.training.loss import TimestepSampler, masked_flow_loss, noised_latents, seeded_noise
 
 

@@ -6,10 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-from aimg.training.config import load_training_preset
-from aimg.training.dataset import EpisodeClipDataset, find_episodes
-from aimg.training.latent_cache import LatentCache
-from aimg.training.objective import WorldActionObjective, batch_cameras, codec_signature
 from torch import nn
 from training_fixtures import synthetic_episode, write_synthetic_episodes, write_tiny_preset
 
@@ -17,6 +13,10 @@ from aimg.episodes import write_episode
 from aimg.geometry import Camera
 from aimg.model.build import build_latent_codec, build_text_encoder
 from aimg.model.packing import Task, conditioning_mask
+from aimg.training.config import load_training_preset
+from aimg.training.dataset import EpisodeClipDataset, find_episodes
+from aimg.training.latent_cache import LatentCache
+from aimg.training.objective import WorldActionObjective, batch_cameras, codec_signature
 
 
 class Spy(nn.Module):

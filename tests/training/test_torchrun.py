@@ -9,8 +9,9 @@ import sys
 
 import pytest
 import torch
-from aimg.training.checkpointing import load_model_file
 from training_fixtures import write_synthetic_episodes, write_tiny_preset
+
+from aimg.training.checkpointing import load_model_file
 
 
 def _run(args: list[str], processes: int) -> subprocess.CompletedProcess:

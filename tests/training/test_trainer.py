@@ -9,10 +9,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from training_toy import ToyDataset, make_toy_model, toy_config, toy_objective
+
 from aimg.training import checkpointing as ckpt
 from aimg.training.distributed import DistContext, init_distributed, shutdown_distributed
 from aimg.training.trainer import Trainer, lr_factor
-from training_toy import ToyDataset, make_toy_model, toy_config, toy_objective
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

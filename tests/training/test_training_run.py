@@ -12,6 +12,13 @@ import time
 import pytest
 import torch
 import typer
+from training_fixtures import write_synthetic_episodes, write_tiny_preset
+from typer.testing import CliRunner
+
+from aimg.config import ConfigError, from_dict
+from aimg.model.build import build_latent_codec, build_model, build_text_encoder
+from aimg.model.checkpoint import load_checkpoint
+from aimg.model.config import ModelConfig
 from aimg.training.checkpointing import load_model_file
 from aimg.training.cli import evaluate, train
 from aimg.training.config import TaskMixture, load_training_preset
@@ -20,13 +27,6 @@ from aimg.training.distributed import DistContext
 from aimg.training.evaluate import score_episode, target_cube_position
 from aimg.training.objective import WorldActionObjective
 from aimg.training.run import RunError, build_trainer, run_training
-from training_fixtures import write_synthetic_episodes, write_tiny_preset
-from typer.testing import CliRunner
-
-from aimg.config import ConfigError, from_dict
-from aimg.model.build import build_latent_codec, build_model, build_text_encoder
-from aimg.model.checkpoint import load_checkpoint
-from aimg.model.config import ModelConfig
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -242,3 +242,19 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(preset_path, tmp
     summary = json.loads(out[out.index("{") :])
     assert 2 <= summary["step"] < 100000
     assert summary["checkpoint"].endswith(f"step_{summary['step']:06d}")
+
+
+def test_ground_truth_action_images_score_as_successes(preset_path):
+    from aimg.codec.decode import decode
+    from aimg.training.objective import batch_cameras
+
+    preset = load_training_preset(preset_path)
+    dcfg = dataclasses.replace(preset.data, start_at_zero=1.0, max_start_fraction=0.0)
+    dataset = EpisodeClipDataset(find_episodes(dcfg.roots), dcfg, 5, 32, 32)
+    for index in range(len(dataset)):
+        batch = torch.utils.data.default_collate([dataset[(index, index)]])
+        images = ((batch["action_images"][0] + 1) / 2).permute(2, 0, 3, 4, 1).numpy()
+        decoded = decode(images, batch_cameras(batch, 0))
+        truth = batch["poses"][0].numpy()
+        result = score_episode(decoded.actions, truth, {}, threshold=0.03)
+        assert result["success"] and result["final_error_m"] < 0.005

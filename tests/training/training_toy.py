@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from aimg.training.config import TrainConfig
 from torch import nn
+
+from aimg.training.config import TrainConfig
 
 
 class ToyDataset(torch.utils.data.Dataset):
