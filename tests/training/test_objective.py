@@ -131,3 +131,15 @@ def test_moving_cameras_give_per_frame_camera_latents(setup):
     latents = _objective(preset).camera_latents(batch)[0]  # [V, T_l, C_cam, h, w]
     assert not torch.equal(latents[side, 0], latents[side, -1])
     assert torch.equal(latents[1 - side, 0], latents[1 - side, -1])
+
+
+def test_scalar_timestep_models_get_one_timestep_per_sample_shared_per_batch(tmp_path):
+    write_synthetic_episodes(tmp_path / "data", 2, frames=12)
+    path = write_tiny_preset(tmp_path / "p.yaml", tmp_path / "data", tmp_path / "run", "scalar")
+    preset = load_training_preset(path)
+    dataset = EpisodeClipDataset(find_episodes(preset.data.roots), preset.data, 5, 32, 32)
+    batch = torch.utils.data.default_collate([dataset[(0, 1)], dataset[(1, 2)]])
+    objective, spy = _objective(preset, timesteps="per_batch"), Spy()
+    objective(spy, batch, 3)
+    t = spy.calls[0][1]
+    assert t.shape == (2,) and t[0] == t[1] and t[0] > 0
