@@ -7,6 +7,7 @@ the same loop trains world action models and the tiny modules of the tests. One 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -65,6 +66,10 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def _init_worker(threads: int, worker_id: int) -> None:
+    set_cpu_threads(threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -186,6 +191,8 @@ class Trainer:
     # -- loop --------------------------------------------------------------------------------
 
     def _loader(self) -> torch.utils.data.DataLoader:
+        """Batches from this rank's step onwards. Workers are spawned, not forked: torch and
+        numba share GNU OpenMP, which aborts a forked child once the parent has used it."""
         sampler = StepBatchSampler(
             len(self.dataset),
             self.cfg.batch_size,
@@ -194,12 +201,19 @@ class Trainer:
             self.ctx.world_size,
             start_step=self.step,
         )
+        workers: dict[str, Any] = {}
+        if self.num_workers > 0:
+            workers = {
+                "multiprocessing_context": "spawn",
+                "worker_init_fn": functools.partial(_init_worker, self.cfg.cpu_threads),
+                "persistent_workers": True,
+            }
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
-            persistent_workers=False,
+            **workers,
         )
 
     def _request_stop(self, signum: int, frame: Any) -> None:

@@ -162,3 +162,15 @@ def test_two_processes_with_resume_match_one_process_with_the_same_global_batch(
     saved = ckpt.load_model_file(tmp_path / "two" / "checkpoints" / "step_000006")
     for name, value in _params(single).items():
         torch.testing.assert_close(saved[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_worker_processes_feed_exactly_the_same_batches(tmp_path):
+    inline = _trainer(tmp_path / "inline")
+    inline.fit(4)
+    cfg = toy_config(tmp_path / "workers")
+    workers = Trainer(
+        make_toy_model(), toy_objective, ToyDataset(), cfg, CPU, num_workers=1, progress=False
+    )
+    workers.fit(4)
+    for name, value in _params(inline).items():
+        assert torch.equal(value, _params(workers)[name]), name
