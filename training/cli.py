@@ -55,8 +55,7 @@ def train(
     from aimg.training.run import RunError, override, run_training, summary_json
 
     try:
-        preset = load_training_preset(config)
-        preset = override(preset, run_dir, max_steps, data, device)
+        preset = override(load_training_preset(config), run_dir, max_steps, data, device)
         summary = run_training(preset, resume=resume, progress=progress)
     except (ConfigError, DatasetError, RunError, CheckpointError) as exc:
         _fail(str(exc))

@@ -41,6 +41,8 @@ def override(
     if max_steps is not None:
         changes["max_steps"] = max_steps
     if device is not None:
+        if device not in ("auto", "cpu", "cuda"):
+            raise RunError(f"--device must be auto, cpu or cuda, got {device!r}")
         changes["device"] = device
     if changes:
         train = dataclasses.replace(train, **changes)
@@ -121,9 +123,9 @@ def run_training(preset: TrainingPreset, resume: bool, progress: bool = True) ->
     ctx = init_distributed(preset.train.device)
     try:
         trainer = build_trainer(preset, ctx, progress)
+        if resume:
+            trainer.resume_latest()
         resumed_from = trainer.step
-        if resume and trainer.resume_latest():
-            resumed_from = trainer.step
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / PRESET_FILE).write_text(yaml.safe_dump(preset_dict(preset), sort_keys=False))
