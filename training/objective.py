@@ -64,7 +64,7 @@ class WorldActionObjective:
         self.timesteps = TimestepSampler(
             train_cfg.shift, train_cfg.timesteps, train_cfg.loss_weighting
         )
-        self.cameras = CameraLatentCache(codec, max_entries=256)
+        self.cameras = CameraLatentCache(codec, max_entries=32)  # static rigs need a few
         self.per_token = model_cfg.transformer.timestep_mode == "per_token"
 
     def task(self, step: int) -> Task:
