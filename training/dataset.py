@@ -40,6 +40,17 @@ def find_episodes(roots: Sequence[Path]) -> list[Path]:
     return paths
 
 
+def frame_rate(episodes: Sequence[Path], sample: int = 8) -> float:
+    """Recording rate in Hz (median frame interval over the first `sample` episodes)."""
+    from aimg.episodes import read_episode
+
+    intervals = [np.diff(read_episode(path).timestamps_ns) for path in list(episodes)[:sample]]
+    intervals = [d for d in intervals if len(d)]
+    if not intervals:
+        raise DatasetError("episodes need at least two frames to know their frame rate")
+    return float(1e9 / np.median(np.concatenate(intervals)))
+
+
 def crop_resize_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
     """uint8 [T, H0, W0, 3] -> float32 [3, T, height, width] in [-1, 1].
 

@@ -13,7 +13,7 @@ import yaml
 from aimg.config import to_dict
 from aimg.training import checkpointing as ckpt
 from aimg.training.config import TrainingPreset
-from aimg.training.dataset import EpisodeClipDataset, find_episodes
+from aimg.training.dataset import EpisodeClipDataset, find_episodes, frame_rate
 from aimg.training.distributed import DistContext, init_distributed, shutdown_distributed
 from aimg.training.latent_cache import LatentCache
 from aimg.training.objective import WorldActionObjective, codec_signature
@@ -61,17 +61,21 @@ def preset_dict(preset: TrainingPreset) -> dict[str, Any]:
     }
 
 
-def model_saver(preset: TrainingPreset) -> ckpt.ModelSaver:
+def model_saver(preset: TrainingPreset, fps: float | None = None) -> ckpt.ModelSaver:
     """Writes a step directory's model in the `aimg.model.checkpoint` format.
 
     The full state dict is assigned into a weightless (meta) model, so FSDP shards gathered on
-    rank 0 are saved without a second copy; the data and train sections go into `extra`.
+    rank 0 are saved without a second copy. `extra` holds the data and train sections and,
+    when the recording rate `fps` is known, `action_dt_s`: seconds between consecutive frames
+    of a generated segment (stride / fps), which a policy needs to time its trajectory.
     """
     from aimg.model.build import build_model
     from aimg.model.checkpoint import save_checkpoint
 
     sections = preset_dict(preset)
-    extra = {"data": sections["data"], "train": sections["train"]}
+    extra: dict[str, Any] = {"data": sections["data"], "train": sections["train"]}
+    if fps is not None:
+        extra.update(data_fps=fps, action_dt_s=preset.data.stride / fps)
 
     def save(directory: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         with torch.device("meta"):
@@ -106,7 +110,7 @@ def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = Tru
         tcfg,
         ctx,
         num_workers=dcfg.num_workers,
-        save_model=model_saver(preset),
+        save_model=model_saver(preset, frame_rate(episodes)),
         progress=progress,
     )
 

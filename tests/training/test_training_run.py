@@ -119,6 +119,8 @@ def test_checkpoints_load_as_model_checkpoints_with_the_training_sections(preset
     loaded = load_checkpoint(summary["checkpoint"])
     assert loaded.model_config == preset.model
     assert loaded.extra["data"]["stride"] == 2
+    assert loaded.extra["data_fps"] == pytest.approx(10.0)  # the fixtures record at 10 Hz
+    assert loaded.extra["action_dt_s"] == pytest.approx(0.2)
     saved = load_model_file(preset.train.run_dir / "checkpoints" / "step_000006")
     for name, value in loaded.model.state_dict().items():
         assert torch.equal(value, saved[name])
