@@ -24,6 +24,8 @@ def transformer_kwargs(cfg: ModelConfig) -> dict:
         "cam_channels": cfg.cam_channels,
         "cam_pool": tuple(t.cam_pool),
         "timestep_mode": t.timestep_mode,
+        "prediction": t.prediction,
+        "min_sigma": t.min_sigma,
     }
 
 

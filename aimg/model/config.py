@@ -34,8 +34,12 @@ class TransformerConfig:
     eps: float = 1e-6
     rope_max_seq_len: int = 1024
     timestep_mode: Literal["scalar", "per_token"] = "scalar"
+    prediction: Literal["velocity", "sample"] = "velocity"
+    min_sigma: float = 0.05
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.min_sigma < 1.0:
+            raise ValueError(f"min_sigma must lie in (0, 1), got {self.min_sigma}")
         for name in ("num_layers", "num_heads", "head_dim", "ffn_dim", "text_dim", "freq_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -105,6 +105,13 @@ class CameraWanBlock(WanTransformerBlock):
 class WorldActionModel(ModelMixin, ConfigMixin):
     """Velocity predictor over packed multi-view video + action latents (spec §4).
 
+    `prediction="velocity"` (the reference) regresses noise - x0 directly. `prediction="sample"`
+    makes the network output the clean latents x̂0 and returns the velocity (x_t - x̂0) / σ,
+    σ = t / 1000 clamped below by `min_sigma`. Small models on the pixel codec need this: a token
+    holds thousands of pixel values but only D channels, so a network cannot carry the noise
+    through to a velocity, while the clean action images it must draw are smooth and
+    low-dimensional. The output is a velocity either way, so sampler and loss are unchanged.
+
     forward(hidden_states [B, C, F, h, w], timestep [B] or [B, F], encoder_hidden_states
     [B, L, text_dim], camera_latents [B, F, cam_channels, h_cam, w_cam]) -> [B, C, F, h, w].
     A scalar timestep per sample is the reference behaviour (conditioning frames get the global
@@ -140,10 +147,14 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         cam_channels: int = 96,
         cam_pool: tuple[int, int, int] = (48, 16, 16),
         timestep_mode: str = "scalar",
+        prediction: str = "velocity",
+        min_sigma: float = 0.05,
     ) -> None:
         super().__init__()
         if timestep_mode not in ("scalar", "per_token"):
             raise ValueError(f"timestep_mode must be 'scalar' or 'per_token', got {timestep_mode}")
+        if prediction not in ("velocity", "sample"):
+            raise ValueError(f"prediction must be 'velocity' or 'sample', got {prediction}")
         dim = num_attention_heads * attention_head_dim
         patch_size = tuple(patch_size)
         cam_pool = tuple(cam_pool)
@@ -207,6 +218,7 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         camera_latents: torch.Tensor,
     ) -> torch.Tensor:
         """Predict the flow velocity (noise - x0) of every latent, [B, C, F, h, w]."""
+        noisy = hidden_states
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
         post_f, post_h, post_w = frames // p_t, height // p_h, width // p_w
@@ -259,4 +271,18 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         hidden_states = self.proj_out(hidden_states)
         hidden_states = hidden_states.reshape(batch, post_f, post_h, post_w, p_t, p_h, p_w, -1)
         hidden_states = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        output = hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if self.config.prediction == "sample":
+            return self._velocity_from_sample(noisy, output, timestep)
+        return output
+
+    def _velocity_from_sample(
+        self, noisy: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        """v = (x_t - x̂0) / σ in float32, σ = t / 1000 per sample ([B]) or per frame ([B, F])."""
+        batch, frames = noisy.shape[0], noisy.shape[2]
+        sigma = timestep.float() / 1000.0
+        sigma = sigma.view(batch, 1, frames, 1, 1) if sigma.ndim == 2 else sigma.expand(batch)
+        sigma = sigma.reshape(batch, 1, -1, 1, 1).clamp(min=self.config.min_sigma)
+        velocity = (noisy.float() - sample.float()) / sigma
+        return velocity.to(sample.dtype)

@@ -179,3 +179,38 @@ def test_save_pretrained_round_trip(model, tmp_path):
     x, t, text, cam = inputs()
     with torch.no_grad():
         assert torch.equal(loaded(x, t, text, cam), model(x, t, text, cam))
+
+
+def test_sample_prediction_returns_the_velocity_of_the_predicted_clean_latents():
+    """With prediction='sample' the network outputs x̂0 and forward returns (x_t - x̂0) / σ."""
+    torch.manual_seed(0)
+    velocity_model = WorldActionModel(**TINY)
+    sample_model = WorldActionModel(**TINY, prediction="sample", min_sigma=0.05)
+    sample_model.load_state_dict(velocity_model.state_dict())
+    x, t, text, cam = inputs()
+    with torch.no_grad():
+        raw = velocity_model(x, t, text, cam)
+        velocity = sample_model(x, t, text, cam)
+    sigma = (t / 1000.0).view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(velocity, (x - raw) / sigma)
+
+
+def test_sample_prediction_clamps_sigma_for_clean_frames():
+    torch.manual_seed(0)
+    velocity_model = WorldActionModel(**TINY, timestep_mode="per_token")
+    sample_model = WorldActionModel(
+        **TINY, timestep_mode="per_token", prediction="sample", min_sigma=0.1
+    )
+    sample_model.load_state_dict(velocity_model.state_dict())
+    x, _, text, cam = inputs()
+    t = torch.tensor([[0.0, 500.0, 500.0, 20.0], [0.0, 900.0, 300.0, 300.0]])
+    with torch.no_grad():
+        raw = velocity_model(x, t, text, cam)
+        velocity = sample_model(x, t, text, cam)
+    sigma = (t / 1000.0).clamp(min=0.1).view(2, 1, 4, 1, 1)
+    torch.testing.assert_close(velocity, (x - raw) / sigma)
+
+
+def test_unknown_prediction_is_rejected():
+    with pytest.raises(ValueError, match="prediction must be 'velocity' or 'sample'"):
+        WorldActionModel(**TINY, prediction="epsilon")
