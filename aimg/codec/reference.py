@@ -1,10 +1,22 @@
-"""A NumPy replica of the reference decoder (spec §2.2-2.4), kept for comparisons only.
+"""A bit-exact replica of the reference decoder (spec §2.2-2.4), kept for comparisons only.
 
 It reproduces the reference's behaviour including its known bugs (spec §2.5): roll is lost
 (only the R and G blobs are used and a direction is returned, not a rotation), the gripper is
 "any blue pixel > 128" (true whenever the up-blob is visible, open or closed), the centroid uses
 index + 0.5 while sampling uses index coordinates, and the ray comes from view 0 only. Use
 `aimg.codec.decode` for real decoding.
+
+Why torch float32 and not NumPy: on uint8 frames the product score along the ray is exactly
+flat over 2-4 samples wherever both views read saturated (255) pixels, so the winner is decided
+by float32 rounding of the bilinear weights, i.e. by the last bit of every intermediate. A
+float64 replica picks up to 2 samples (~4 mm at 512 samples over 1 m) away from the reference.
+Matching the fixture's picks took the reference's exact arithmetic, found by checking the
+candidate points bit for bit against `codec.npz`: the heat is `channel / 255` in its own
+contiguous tensor, the whole-image sums are torch's float32 reductions (pairwise/vectorised, not
+sequential), the rotations are einsums (an FMA chain on CPU, which plain float32 NumPy does not
+do), camera coordinates are R^T (X - t) rather than R^T X - R^T t, u is fx * (x / z) + cx, and
+sampling is torch's own `grid_sample`. Running the same ops in torch is the only faithful way
+to reproduce those roundings.
 """
 
 from __future__ import annotations
@@ -12,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from aimg.codec.validate import check_images_and_cameras
 from aimg.geometry import Camera
@@ -28,88 +42,120 @@ def decode_reference(
 ) -> np.ndarray:
     """Decode like `fuse_multiview_heatmaps_to_7d_point_torch` (inference.py settings by default).
 
-    images: [T, V, H, W, 3] uint8 (0..255) or float in [0, 1]; the heat (channel / 255) is held
-    in float32 as in the reference, ray and score arithmetic is float64. Returns [T, 7] float64
-    = [x, y, z, dir_x, dir_y, dir_z, gripper]: dir is the unit tool +x axis and gripper follows
-    the reference rule (1 if any blue value > 128). near/far: metres along the view-0 ray.
+    images: [T, V, H, W, 3] uint8 (0..255) or float in [0, 1]; the heat (channel / 255) and all
+    arithmetic are float32 on CPU, op for op as the reference does it, so ties on the score
+    plateau break the same way. Returns [T, 7] float64 (float32 values) = [x, y, z, dir_x,
+    dir_y, dir_z, gripper]: dir is the unit tool +x axis and gripper follows the reference rule
+    (1 if any blue value > 128). near/far: metres along the view-0 ray.
     """
     images, cameras = check_images_and_cameras(images, cameras)
-    heat = images.astype(np.float32) / np.float32(255.0) if images.dtype == np.uint8 else images
-    K = np.stack([cam.K for cam in cameras])
-    c2w = np.stack([cam.c2w for cam in cameras])
-    depths = np.linspace(near, far, num_samples)
-    start = _fuse_channel(heat[..., 0], K, c2w, depths)
-    end = _fuse_channel(heat[..., 1], K, c2w, depths)
-    if apply_edge_smoothing:
-        start = _edge_smooth(start, heat[..., 0], edge_threshold)
-        end = _edge_smooth(end, heat[..., 1], edge_threshold)
-    direction = end - start
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True) + 1e-8
-    gripper = (heat[..., 2] * 255.0 > 128.0).any(axis=(1, 2, 3)).astype(np.float64)
-    return np.concatenate([start, direction, gripper[:, None]], axis=-1)
+    K = torch.from_numpy(np.stack([cam.K for cam in cameras]).astype(np.float32))
+    c2w = torch.from_numpy(np.stack([cam.c2w[:3, :] for cam in cameras]).astype(np.float32))
+    frames = torch.from_numpy(images)
+    with torch.inference_mode():
+        start = _fuse_channel(_heat(frames, 0), K, c2w, near, far, num_samples)
+        end = _fuse_channel(_heat(frames, 1), K, c2w, near, far, num_samples)
+        if apply_edge_smoothing:
+            start = _edge_smooth(start, images[..., 0], edge_threshold)
+            end = _edge_smooth(end, images[..., 1], edge_threshold)
+        direction = end - start
+        direction = direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)
+    blue = images[..., 2] if images.dtype == np.uint8 else images[..., 2] * np.float32(255.0)
+    gripper = (blue > 128).any(axis=(1, 2, 3)).astype(np.float64)
+    return np.concatenate([start.numpy(), direction.numpy(), gripper[:, None]], axis=-1).astype(
+        np.float64
+    )
+
+
+def _heat(frames: torch.Tensor, channel: int) -> torch.Tensor:
+    """[T, V, H, W, 3] uint8 or float -> contiguous float32 heat [T, V, H, W] in [0, 1]."""
+    if frames.dtype == torch.uint8:
+        return frames[..., channel].contiguous().to(torch.float32).div_(255.0)
+    return frames[..., channel].contiguous()
 
 
 def _fuse_channel(
-    heat: np.ndarray, K: np.ndarray, c2w: np.ndarray, depths: np.ndarray
-) -> np.ndarray:
-    """heat [T, V, H, W] -> 3D points [T, 3]: the first best-scoring candidate on the ray."""
-    candidates, score = reference_ray_scores(heat, K, c2w, depths)
-    best = np.argmax(score, axis=1)
-    return candidates[np.arange(len(best)), best]
+    heat: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, near: float, far: float, samples: int
+) -> torch.Tensor:
+    """heat [T, V, H, W] -> 3D points [T, 3] float32: the first best-scoring candidate."""
+    candidates, score = reference_ray_scores(heat, K, c2w, near, far, samples)
+    best = score.argmax(dim=1)
+    return candidates[torch.arange(len(best)), best]
 
 
 def reference_ray_scores(
-    heat: np.ndarray, K: np.ndarray, c2w: np.ndarray, depths: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    heat: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, near: float, far: float, samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's candidates on the view-0 centroid ray and their scores (spec §2.2).
 
-    heat: [T, V, H, W] in [0, 1]; K [V, 3, 3]; c2w [V, 4, 4]; depths [D] (m along the ray).
-    Returns candidates [T, D, 3] and score [T, D] = product over views of the bilinearly sampled
-    heat. On uint8 frames the score often has exact plateaus (several candidates reading the
-    same saturated pixels); the reference's float32 rounding noise then decides which one wins,
-    so a float64 replica can differ by one or two samples there.
+    heat: [T, V, H, W] float32 in [0, 1], contiguous; K [V, 3, 3] and c2w [V, 3, 4] float32.
+    Returns candidates [T, samples, 3] (metres) and score [T, samples] = product over views of
+    the bilinearly sampled heat, both float32 and bitwise equal to the reference's.
     """
     num_frames, num_views, height, width = heat.shape
+    K = K.expand(num_frames, num_views, 3, 3)
+    c2w = c2w.expand(num_frames, num_views, 3, 4)
+    rot, trans = c2w[..., :3], c2w[..., 3]
+
     h0 = heat[:, 0]
-    p = h0 / (h0.sum(axis=(1, 2), keepdims=True) + 1e-8)
-    cx_bar = (p.sum(axis=1) * (np.arange(width) + 0.5)).sum(axis=1)
-    cy_bar = (p.sum(axis=2) * (np.arange(height) + 0.5)).sum(axis=1)
-    d_cam = np.stack(
+    p = h0 / (_image_sum(h0)[..., None, None] + 1e-8)
+    rows = torch.arange(height, dtype=torch.float32) + 0.5
+    cols = torch.arange(width, dtype=torch.float32) + 0.5
+    grid_y, grid_x = torch.meshgrid(rows, cols, indexing="ij")
+    cx_bar = _image_sum(p * grid_x)
+    cy_bar = _image_sum(p * grid_y)
+    K0 = K[:, 0]
+    d_cam = torch.stack(
         [
-            (cx_bar - K[0, 0, 2]) / K[0, 0, 0],
-            (cy_bar - K[0, 1, 2]) / K[0, 1, 1],
-            np.ones(num_frames),
+            (cx_bar - K0[:, 0, 2]) / K0[:, 0, 0],
+            (cy_bar - K0[:, 1, 2]) / K0[:, 1, 1],
+            torch.ones_like(cx_bar),
         ],
-        axis=-1,
+        dim=-1,
     )
-    direction = d_cam @ c2w[0, :3, :3].T
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    candidates = c2w[0, :3, 3] + depths[None, :, None] * direction[:, None, :]  # [T, D, 3]
-    score = np.ones(candidates.shape[:2])
-    frames = np.arange(num_frames)[:, None]
-    for v in range(num_views):
-        cam = (candidates - c2w[v, :3, 3]) @ c2w[v, :3, :3]
-        z = cam[..., 2] + 1e-8
-        u = np.clip(K[v, 0, 0] * cam[..., 0] / z + K[v, 0, 2], 0.0, width - 1)
-        w = np.clip(K[v, 1, 1] * cam[..., 1] / z + K[v, 1, 2], 0.0, height - 1)
-        score = score * _bilinear(heat[:, v], frames, u, w)
-    return candidates, score
+    direction = torch.einsum("tij,tj->ti", rot[:, 0], d_cam)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    depths = torch.linspace(near, far, samples)
+    candidates = trans[:, 0, None, :] + depths[None, :, None] * direction[:, None, :]
+
+    offsets = candidates[:, None] - trans[:, :, None, :]
+    cam = torch.einsum("tvij,tvdj->tvdi", rot.transpose(-1, -2), offsets)
+    z = cam[..., 2] + 1e-8
+    u = K[..., 0, 0, None] * (cam[..., 0] / z) + K[..., 0, 2, None]
+    v = K[..., 1, 1, None] * (cam[..., 1] / z) + K[..., 1, 2, None]
+    u = u.clamp(0, width - 1)
+    v = v.clamp(0, height - 1)
+    grid = torch.stack([2 * u / (width - 1) - 1, 2 * v / (height - 1) - 1], dim=-1)
+    sampled = F.grid_sample(
+        heat.reshape(num_frames * num_views, 1, height, width),
+        grid.reshape(num_frames * num_views, 1, samples, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    ).reshape(num_frames, num_views, samples)
+    return candidates, sampled.prod(dim=1)
 
 
-def _bilinear(img: np.ndarray, frames: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """grid_sample(bilinear, align_corners=True, zero padding) at in-range pixel coords."""
-    height, width = img.shape[1:]
-    x0 = np.floor(u).astype(np.int64)
-    y0 = np.floor(v).astype(np.int64)
-    fx, fy = u - x0, v - y0
-    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
-    top = img[frames, y0, x0] * (1 - fx) + img[frames, y0, x1] * fx
-    bottom = img[frames, y1, x0] * (1 - fx) + img[frames, y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+def _image_sum(images: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] -> [...]: torch's float32 whole-image sum in its serial order.
+
+    With few images and many threads torch splits one image's sum across threads, which changes
+    its rounding (and so the centroid) with the machine's thread count; the serial order is the
+    one the fixture's sums reproduce. torch's thread count is process-wide, hence the restore.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return images.sum(dim=(-2, -1))
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _edge_smooth(points: np.ndarray, heat: np.ndarray, edge_threshold: float) -> np.ndarray:
-    """Replace frames whose argmax pixel is within the border band in any view (spec §2.2.8)."""
+def _edge_smooth(points: torch.Tensor, heat: np.ndarray, edge_threshold: float) -> torch.Tensor:
+    """Replace frames whose argmax pixel is within the border band in any view (spec §2.2.8).
+
+    points [T, 3] float32; heat [T, V, H, W] (any dtype; only its first argmax is used).
+    """
     num_frames, num_views, height, width = heat.shape
     margin = int(height * edge_threshold)
     flat = heat.reshape(num_frames, num_views, -1).argmax(axis=-1)
@@ -118,15 +164,15 @@ def _edge_smooth(points: np.ndarray, heat: np.ndarray, edge_threshold: float) ->
     valid = ~on_edge.any(axis=1)
     if valid.all() or not valid.any():
         return points
-    out = points.copy()
+    out = points.clone()
     valid_idx = np.flatnonzero(valid)
     for t in np.flatnonzero(~valid):
         prev = valid_idx[valid_idx < t]
         nxt = valid_idx[valid_idx > t]
         if prev.size and nxt.size:
-            a, b = prev[-1], nxt[0]
+            a, b = int(prev[-1]), int(nxt[0])
             alpha = (t - a) / (b - a)
             out[t] = (1 - alpha) * points[a] + alpha * points[b]
         else:
-            out[t] = points[prev[-1] if prev.size else nxt[0]]
+            out[t] = points[int(prev[-1] if prev.size else nxt[0])]
     return out
