@@ -150,10 +150,14 @@ def spawn_server(factory: DeviceFactory) -> Channel:
     return Channel(parent, process)
 
 
-class RemoteArm(Arm):
-    """An `Arm` whose implementation runs in the server behind `channel` (device `name`)."""
+class _RemoteDevice:
+    """Client side of one device behind `channel`: forwards calls to the server's `name`.
 
-    def __init__(self, channel: Channel, name: str = "arm") -> None:
+    Listed before the interface in the proxies' bases, so its `connect` / `disconnect`
+    implement the interface's abstract methods.
+    """
+
+    def __init__(self, channel: Channel, name: str) -> None:
         self._channel = channel
         self._name = name
 
@@ -165,6 +169,13 @@ class RemoteArm(Arm):
 
     def disconnect(self) -> None:
         self._call("disconnect")
+
+
+class RemoteArm(_RemoteDevice, Arm):
+    """An `Arm` whose implementation runs in the server behind `channel` (device `name`)."""
+
+    def __init__(self, channel: Channel, name: str = "arm") -> None:
+        super().__init__(channel, name)
 
     @property
     def is_connected(self) -> bool:
@@ -192,21 +203,11 @@ class RemoteArm(Arm):
         self._call("clear_errors")
 
 
-class RemoteCameraRig(CameraRig):
+class RemoteCameraRig(_RemoteDevice, CameraRig):
     """A `CameraRig` whose implementation runs in the server behind `channel` (device `name`)."""
 
     def __init__(self, channel: Channel, name: str = "rig") -> None:
-        self._channel = channel
-        self._name = name
-
-    def _call(self, method: str, *args: Any) -> Any:
-        return self._channel.call(self._name, method, *args)
-
-    def connect(self) -> None:
-        self._call("connect")
-
-    def disconnect(self) -> None:
-        self._call("disconnect")
+        super().__init__(channel, name)
 
     @property
     def view_names(self) -> tuple[str, ...]:
