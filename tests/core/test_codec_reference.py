@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from aimg.codec import decode, decode_reference, render, to_uint8
 from aimg.geometry import Camera, euler_xyz_to_matrix, rotation_angle_between
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "codec.npz"
-
-
-@pytest.fixture(scope="module")
-def ref() -> dict:
-    with np.load(FIXTURE) as data:
-        return {key: data[key] for key in data.files}
-
-
-def _cameras(ref: dict, size: int) -> list[Camera]:
-    return [Camera(ref[f"K_{size}"][v], ref["c2w"][v], size, size) for v in range(2)]
 
 
 def _decode_settings(ref: dict) -> dict:
@@ -33,11 +19,11 @@ def _decode_settings(ref: dict) -> dict:
 
 
 @pytest.mark.parametrize("size", [64, 512])
-def test_decode_reference_reproduces_the_fixture(ref, size):
+def test_decode_reference_reproduces_the_fixture(ref, size, ref_cameras):
     """Bit-level float32 replication: at 512 the score is flat over 2-4 samples and the
     reference's rounding picks the winner, so anything looser lands up to 2 samples away."""
     images = np.swapaxes(ref[f"images_{size}_uint8"], 0, 1)
-    out = decode_reference(images, _cameras(ref, size), **_decode_settings(ref))
+    out = decode_reference(images, ref_cameras(size), **_decode_settings(ref))
     np.testing.assert_allclose(out, ref[f"decoded_{size}"], rtol=0, atol=1e-6)
 
 
@@ -58,9 +44,9 @@ def _roll_pair() -> np.ndarray:
     return np.stack([base, rolled])
 
 
-def test_reference_decoder_loses_roll_and_ours_recovers_it(ref):
+def test_reference_decoder_loses_roll_and_ours_recovers_it(ref, ref_cameras):
     actions = _roll_pair()
-    cameras = _cameras(ref, 512)
+    cameras = ref_cameras(512)
     images = to_uint8(render(actions, cameras, 512, 512))
     theirs = decode_reference(images, cameras, near=0.5, far=1.5)
     np.testing.assert_allclose(theirs[0, :6], theirs[1, :6], atol=3e-3)
@@ -71,17 +57,17 @@ def test_reference_decoder_loses_roll_and_ours_recovers_it(ref):
     assert np.degrees(error).max() < 0.05
 
 
-def test_reference_gripper_rule_says_open_for_a_closed_gripper_and_ours_does_not(ref):
+def test_reference_gripper_rule_says_open_for_a_closed_gripper_and_ours_does_not(ref, ref_cameras):
     actions = _roll_pair()
     actions[:, 6] = [0.0, 1.0]
-    cameras = _cameras(ref, 512)
+    cameras = ref_cameras(512)
     images = to_uint8(render(actions, cameras, 512, 512))
     assert decode_reference(images, cameras)[:, 6].tolist() == [1.0, 1.0]
     assert decode(images, cameras).actions[:, 6].tolist() == [0.0, 1.0]
 
 
-def test_edge_smoothing_interpolates_frames_whose_peak_touches_the_border(ref):
-    cameras = _cameras(ref, 64)
+def test_edge_smoothing_interpolates_frames_whose_peak_touches_the_border(ref, ref_cameras):
+    cameras = ref_cameras(64)
     actions = ref["actions_7d"][:3]
     images = to_uint8(render(actions, cameras, 64, 64))
     images[1, 0, :, :, 0] = 0
@@ -94,11 +80,11 @@ def test_edge_smoothing_interpolates_frames_whose_peak_touches_the_border(ref):
     np.testing.assert_allclose(smooth[[0, 2]], plain[[0, 2]])
 
 
-def test_decode_reference_accepts_float_images(ref):
+def test_decode_reference_accepts_float_images(ref, ref_cameras):
     images = np.swapaxes(ref["images_64_uint8"], 0, 1)
     as_float = images.astype(np.float32) / 255.0
     np.testing.assert_allclose(
-        decode_reference(as_float, _cameras(ref, 64)),
-        decode_reference(images, _cameras(ref, 64)),
+        decode_reference(as_float, ref_cameras(64)),
+        decode_reference(images, ref_cameras(64)),
         atol=1e-6,
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,41 +9,29 @@ from aimg.codec import render, render_pixels, to_uint8
 from aimg.codec.render import action_points, blob_sigma, project_actions
 from aimg.geometry import Camera, intrinsics_matrix, look_at
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "codec.npz"
-
-
-@pytest.fixture(scope="module")
-def ref() -> dict:
-    with np.load(FIXTURE) as data:
-        return {key: data[key] for key in data.files}
-
-
-def _cameras(ref: dict, size: int) -> list[Camera]:
-    return [Camera(ref[f"K_{size}"][v], ref["c2w"][v], size, size) for v in range(2)]
-
 
 def _views_first(array: np.ndarray) -> np.ndarray:
     """Fixture arrays are [V, T, ...]; ours are [T, V, ...]."""
     return np.swapaxes(array, 0, 1)
 
 
-def test_render_matches_reference_float32_images_at_64(ref):
-    images = render(ref["actions_7d"], _cameras(ref, 64), 64, 64)
+def test_render_matches_reference_float32_images_at_64(ref, ref_cameras):
+    images = render(ref["actions_7d"], ref_cameras(64), 64, 64)
     assert images.dtype == np.float32 and images.shape == (6, 2, 64, 64, 3)
     np.testing.assert_allclose(images, _views_first(ref["images_64"]), atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [64, 512])
-def test_render_matches_reference_uint8_images_within_one_count(ref, size):
-    images = to_uint8(render(ref["actions_7d"], _cameras(ref, size), size, size))
+def test_render_matches_reference_uint8_images_within_one_count(ref, size, ref_cameras):
+    images = to_uint8(render(ref["actions_7d"], ref_cameras(size), size, size))
     diff = np.abs(images.astype(int) - _views_first(ref[f"images_{size}_uint8"]).astype(int))
     assert diff.max() <= 1
     assert (diff > 0).mean() < 1e-4  # only truncation boundaries differ
 
 
 @pytest.mark.parametrize("size", [64, 512])
-def test_projection_matches_reference_action_5d(ref, size):
-    a5 = project_actions(ref["actions_7d"], _cameras(ref, size))
+def test_projection_matches_reference_action_5d(ref, size, ref_cameras):
+    a5 = project_actions(ref["actions_7d"], ref_cameras(size))
     np.testing.assert_allclose(a5, _views_first(ref[f"action_5d_{size}_np"]), atol=1e-9)
     np.testing.assert_allclose(a5, _views_first(ref[f"action_5d_{size}"]), atol=1e-4)
 
@@ -105,9 +91,9 @@ def test_points_behind_a_camera_are_not_drawn():
     assert (image[..., 2] == 0.25).all()
 
 
-def test_render_rejects_cameras_of_another_size(ref):
+def test_render_rejects_cameras_of_another_size(ref, ref_cameras):
     with pytest.raises(ValueError, match="Camera.scaled"):
-        render(ref["actions_7d"], _cameras(ref, 512), 64, 64)
+        render(ref["actions_7d"], ref_cameras(512), 64, 64)
 
 
 @pytest.mark.parametrize(
@@ -115,9 +101,9 @@ def test_render_rejects_cameras_of_another_size(ref):
     [np.zeros((4, 6)), np.zeros(7), np.full((2, 7), np.nan)],
     ids=["six-columns", "one-dimensional", "nan"],
 )
-def test_render_rejects_bad_actions(ref, actions):
+def test_render_rejects_bad_actions(ref, actions, ref_cameras):
     with pytest.raises(ValueError, match="actions"):
-        render(actions, _cameras(ref, 64), 64, 64)
+        render(actions, ref_cameras(64), 64, 64)
 
 
 def test_render_rejects_no_cameras(ref):
