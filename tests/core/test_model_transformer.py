@@ -14,7 +14,8 @@ from aimg.model.transformer import WorldActionModel
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-TINY = dict(
+# The Wan base dimensions, shared by our model and its plain diffusers twin.
+TINY_BASE = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=2,
     attention_head_dim=12,
@@ -24,9 +25,8 @@ TINY = dict(
     freq_dim=8,
     ffn_dim=32,
     num_layers=2,
-    cam_channels=6,
-    cam_pool=(3, 2, 2),
 )
+TINY = dict(**TINY_BASE, cam_channels=6, cam_pool=(3, 2, 2))
 
 
 def inputs(batch: int = 2, frames: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -51,15 +51,7 @@ def model() -> WorldActionModel:
 def diffusers_twin(model: WorldActionModel) -> WanTransformer3DModel:
     """The plain diffusers Wan transformer holding `model`'s base weights."""
     base = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=4,
-        out_channels=4,
-        text_dim=10,
-        freq_dim=8,
-        ffn_dim=32,
-        num_layers=2,
+        **TINY_BASE,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
     ).eval()
