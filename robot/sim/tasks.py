@@ -94,6 +94,14 @@ def grasp_yaw(cube_yaw: float, current_yaw: float) -> float:
     return float(candidates[np.argmin(np.abs(candidates - current_yaw))])
 
 
+def _approach(scene: Scene) -> tuple[np.ndarray, float, np.ndarray]:
+    """Where every task starts: the target cube's centre [3] (m), the grasp yaw (rad) and the
+    approach point 10 cm above the cube's centre [3] (m), reached with the gripper open."""
+    cube = np.array(scene.target.position)
+    yaw = grasp_yaw(scene.target.yaw, scene.start_yaw)
+    return cube, yaw, cube + [0.0, 0.0, 0.10]
+
+
 def _plan(scene: Scene, stops: list[tuple[np.ndarray, float, float]]) -> Trajectory:
     """Waypoints from the start pose through `stops` = (position, yaw, gripper) at scene speed.
 
@@ -141,9 +149,7 @@ class ReachTask(Task):
         return f"reach the {scene.target.colour} cube"
 
     def plan(self, scene: Scene) -> Trajectory:
-        cube = np.array(scene.target.position)
-        yaw = grasp_yaw(scene.target.yaw, scene.start_yaw)
-        above = cube + [0.0, 0.0, 0.10]
+        cube, yaw, above = _approach(scene)
         hover = cube + [0.0, 0.0, self.hover_m]
         return _plan(scene, [(above, yaw, 1.0), (hover, yaw, 1.0), (hover, yaw, 1.0)])
 
@@ -166,9 +172,7 @@ class PickTask(Task):
         return f"pick up the {scene.target.colour} cube"
 
     def plan(self, scene: Scene) -> Trajectory:
-        cube = np.array(scene.target.position)
-        yaw = grasp_yaw(scene.target.yaw, scene.start_yaw)
-        above = cube + [0.0, 0.0, 0.10]
+        cube, yaw, above = _approach(scene)
         grasp = cube + [0.0, 0.0, -0.008]
         lift = cube + [0.0, 0.0, self.lift_m]
         return _plan(
