@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
+from aimg.codec.validate import check_cameras_fit
 from aimg.geometry import Camera, euler_xyz_to_matrix
 
 AXIS_LENGTH = 0.1
@@ -76,14 +77,7 @@ def render(actions: np.ndarray, cameras: Sequence[Camera], height: int, width: i
     cameras = list(cameras)
     if not cameras:
         raise ValueError("render needs at least one camera")
-    for i, cam in enumerate(cameras):
-        if not isinstance(cam, Camera):
-            raise ValueError(f"camera {i} is a {type(cam).__name__}, expected aimg.geometry.Camera")
-        if (cam.height, cam.width) != (height, width):
-            raise ValueError(
-                f"camera {i} describes {cam.width}x{cam.height} images but {width}x{height} were "
-                "requested; rescale it with Camera.scaled(height, width) or Camera.resized(...)"
-            )
+    check_cameras_fit(cameras, height, width, "the requested images")
     return render_pixels(project_actions(actions, cameras), height, width)
 
 

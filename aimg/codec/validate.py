@@ -1,4 +1,4 @@
-"""Input checks shared by the decoders: clear ValueErrors at the codec boundary."""
+"""Input checks shared by the encoder and decoders: clear ValueErrors at the codec boundary."""
 
 from __future__ import annotations
 
@@ -38,12 +38,22 @@ def check_images_and_cameras(
         raise ValueError(
             f"got {len(cameras)} cameras for {images.shape[1]} views; pass one Camera per view"
         )
+    check_cameras_fit(cameras, height, width, "the action images")
+    return images, cameras
+
+
+def check_cameras_fit(cameras: Sequence[object], height: int, width: int, images: str) -> None:
+    """Raise unless every camera is a `Camera` describing `height` x `width` images.
+
+    K is in pixels, so a camera of another image size would project to the wrong pixels;
+    `images` names the images in the message ("the action images", "the requested images").
+    """
     for i, cam in enumerate(cameras):
         if not isinstance(cam, Camera):
             raise ValueError(f"camera {i} is a {type(cam).__name__}, expected aimg.geometry.Camera")
         if (cam.height, cam.width) != (height, width):
             raise ValueError(
-                f"camera {i} describes {cam.width}x{cam.height} images but the action images are "
-                f"{width}x{height}; rescale it with Camera.scaled(height, width)"
+                f"camera {i} describes {cam.width}x{cam.height} images but {images} are "
+                f"{width}x{height}; rescale it with Camera.scaled(height, width) or "
+                "Camera.resized(...)"
             )
-    return images, cameras
