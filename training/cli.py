@@ -37,6 +37,13 @@ def train(
     device: str | None = typer.Option(
         None, "--device", help="auto, cpu or cuda; overrides train.device."
     ),
+    cpu_threads: int | None = typer.Option(
+        None,
+        "--cpu-threads",
+        min=1,
+        help="torch + numba threads per process; overrides train.cpu_threads (keep 1 on a busy "
+        "machine, use the free cores on a quiet one).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm bar on rank 0."),
 ) -> None:
     """Train a world action model with masked flow matching (spec §5).
@@ -55,7 +62,9 @@ def train(
     from aimg.training.run import RunError, override, run_training, summary_json
 
     try:
-        preset = override(load_training_preset(config), run_dir, max_steps, data, device)
+        preset = override(
+            load_training_preset(config), run_dir, max_steps, data, device, cpu_threads
+        )
         summary = run_training(preset, resume=resume, progress=progress)
     except (ConfigError, DatasetError, RunError, CheckpointError) as exc:
         _fail(str(exc))

@@ -32,6 +32,7 @@ def override(
     max_steps: int | None = None,
     data: list[Path] | None = None,
     device: str | None = None,
+    cpu_threads: int | None = None,
 ) -> TrainingPreset:
     """The preset with command-line overrides applied (validated like the file)."""
     train, data_cfg = preset.train, preset.data
@@ -44,6 +45,10 @@ def override(
         if device not in ("auto", "cpu", "cuda"):
             raise RunError(f"--device must be auto, cpu or cuda, got {device!r}")
         changes["device"] = device
+    if cpu_threads is not None:
+        if cpu_threads < 1:
+            raise RunError(f"--cpu-threads must be at least 1, got {cpu_threads}")
+        changes["cpu_threads"] = cpu_threads
     if changes:
         train = dataclasses.replace(train, **changes)
     if data:

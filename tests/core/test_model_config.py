@@ -23,10 +23,12 @@ def test_official_preset_has_the_reference_shapes():
     assert (sampling.num_steps, sampling.shift, sampling.cfg_scale) == (50, 5.0, 7.5)
 
 
-def test_sim_tiny_preset_packs_192_tokens():
+def test_sim_tiny_preset_packs_576_tokens_of_768_values():
     cfg, _, raw = load_preset(CONFIGS / "sim-tiny.yaml")
-    assert cfg.num_tokens() == 192
-    assert cfg.latent_frames == 3 and cfg.latent_height == 8
+    assert cfg.num_tokens() == 576
+    assert cfg.latent_frames == 9 and cfg.latent_height == 8
+    patch = cfg.transformer.patch_size
+    assert cfg.latent_channels * patch[0] * patch[1] * patch[2] == 768
     assert "model" in raw
 
 
@@ -42,7 +44,10 @@ def write(tmp_path: Path, edit) -> Path:
     ("edit", "message"),
     [
         (lambda m: m["transformer"].update(head_dim=31), "head_dim 31 must be even"),
-        (lambda m: m.update(frames=10), "frames 10 does not fit"),
+        (
+            lambda m: (m["codec"].update(temporal_factor=4), m.update(frames=10)),
+            "frames 10 does not fit",
+        ),
         (lambda m: m.update(height=60), "multiple of codec spatial factor"),
         (lambda m: m["transformer"].update(cam_pool=[48, 16, 16]), "cam_pool .* exceeds"),
         (lambda m: m["transformer"].update(patch_size=[2, 2, 2]), "temporal patch must be 1"),
