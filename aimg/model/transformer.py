@@ -23,6 +23,8 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch import nn
 
+from aimg.model.schedule import NUM_TRAIN_TIMESTEPS
+
 
 class CameraWanBlock(WanTransformerBlock):
     """A Wan block whose self-attention sees the camera vector of each token's latent frame.
@@ -280,9 +282,7 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         self, noisy: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor
     ) -> torch.Tensor:
         """v = (x_t - x̂0) / σ in float32, σ = t / 1000 per sample ([B]) or per frame ([B, F])."""
-        batch, frames = noisy.shape[0], noisy.shape[2]
-        sigma = timestep.float() / 1000.0
-        sigma = sigma.view(batch, 1, frames, 1, 1) if sigma.ndim == 2 else sigma.expand(batch)
-        sigma = sigma.reshape(batch, 1, -1, 1, 1).clamp(min=self.config.min_sigma)
+        sigma = timestep.float().reshape(noisy.shape[0], -1) / NUM_TRAIN_TIMESTEPS
+        sigma = sigma[:, None, :, None, None].clamp(min=self.config.min_sigma)
         velocity = (noisy.float() - sample.float()) / sigma
         return velocity.to(sample.dtype)
