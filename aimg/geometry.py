@@ -276,6 +276,13 @@ class Camera:
         d /= np.linalg.norm(d, axis=-1, keepdims=True)
         return np.broadcast_to(self.c2w[:3, 3], d.shape).copy(), d
 
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> Camera:
+        """The camera of the sub-image whose top-left pixel is (x0, y0) of this image."""
+        K = self.K.copy()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        return Camera(K, self.c2w, width, height)
+
     def resized(self, height: int, width: int) -> Camera:
         """The same camera after a maximal centre crop to the new aspect and a resize."""
         K = center_crop_resize_intrinsics(self.K, (self.height, self.width), (height, width))

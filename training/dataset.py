@@ -68,10 +68,7 @@ def crop_resize_frames(frames: np.ndarray, height: int, width: int) -> torch.Ten
 def crop_resize_camera(camera: Camera, height: int, width: int) -> Camera:
     """The camera of `crop_resize_frames`' output (the crop shifts the principal point)."""
     x0, y0, cw, ch = _crop_box(camera.height, camera.width, height, width)
-    K = camera.K.copy()
-    K[0, 2] -= x0
-    K[1, 2] -= y0
-    return Camera(K, camera.c2w, cw, ch).scaled(height, width)
+    return camera.cropped(x0, y0, cw, ch).scaled(height, width)
 
 
 def _crop_box(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int, int, int]:

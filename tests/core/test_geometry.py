@@ -247,3 +247,17 @@ def test_camera_dict_round_trip(rng):
     np.testing.assert_array_equal(back.c2w, cam.c2w)
     with pytest.raises(ValueError, match="lacks"):
         g.Camera.from_dict({"K": cam.K.tolist()})
+
+
+def test_cropped_camera_projects_points_to_the_same_pixels_shifted_by_the_crop():
+    from aimg.geometry import Camera, intrinsics_matrix, look_at
+
+    camera = Camera(
+        intrinsics_matrix(100.0, 110.0, 63.5, 47.5), look_at([1, 0, 1], [0, 0, 0]), 128, 96
+    )
+    crop = camera.cropped(16, 8, 96, 80)
+    point = np.array([0.05, -0.02, 0.03])
+    uv, _ = camera.project(point)
+    uv_crop, _ = crop.project(point)
+    np.testing.assert_allclose(uv_crop, uv - [16, 8])
+    assert (crop.width, crop.height) == (96, 80)
