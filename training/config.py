@@ -88,6 +88,9 @@ class TrainConfig:
     with 2 threads against 0.65 s with 1.
     `timesteps: per_batch` draws one t for the whole global batch (the reference); `per_sample`
     draws one per sample (less gradient noise with small batches).
+    `action_loss_weight` scales the loss of action-segment latents against video ones (1.0 is
+    the reference): a policy needs the actions, and a small model spends most of its capacity on
+    the harder video otherwise.
     """
 
     run_dir: Path = Path("runs/default")
@@ -105,6 +108,7 @@ class TrainConfig:
     shift: float = 5.0
     timesteps: Literal["per_batch", "per_sample"] = "per_sample"
     loss_weighting: Literal["reference", "uniform"] = "reference"
+    action_loss_weight: float = 1.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -137,6 +141,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
+        if self.action_loss_weight <= 0:
+            raise ValueError(f"action_loss_weight must be > 0, got {self.action_loss_weight}")
 
 
 @dataclass(frozen=True)

@@ -85,14 +85,23 @@ def noised_latents(
 
 
 def masked_flow_loss(
-    pred: torch.Tensor, target: torch.Tensor, clean: torch.Tensor, weight: torch.Tensor
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    clean: torch.Tensor,
+    weight: torch.Tensor,
+    frame_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over the batch of w(t_b) · Σ((v̂ - v)² · valid) / Σ(valid) per sample.
 
     pred, target: [B, C, F, h, w]; clean: bool [B, F] or [F]; weight: [B]. valid counts
     elements of non-conditioning frames (clamped to >= 1 so an all-clean sample gives 0).
+    `frame_weight` [F] (optional) scales valid per latent frame, e.g. to stress action
+    segments; the sum is still divided by the weighted count, so only the balance changes.
     """
-    valid = (~_frame_mask(clean, pred)).to(pred.dtype).expand_as(pred)
+    valid = (~_frame_mask(clean, pred)).float()
+    if frame_weight is not None:
+        valid = valid * frame_weight.to(valid.device, torch.float32).view(1, 1, -1, 1, 1)
+    valid = valid.expand_as(pred)
     err = (pred.float() - target.float()) ** 2 * valid
     per_sample = err.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1.0)
     return (per_sample * weight.to(per_sample.dtype)).mean()

@@ -19,7 +19,13 @@ from aimg.config import to_dict
 from aimg.geometry import Camera
 from aimg.model.camera_latents import CameraLatentCache
 from aimg.model.config import ModelConfig
-from aimg.model.packing import Task, conditioning_mask, pack_camera_latents, pack_latents
+from aimg.model.packing import (
+    Task,
+    conditioning_mask,
+    pack_camera_latents,
+    pack_latents,
+    segment_slice,
+)
 from aimg.training.config import DataConfig, TrainConfig
 from aimg.training.latent_cache import LatentCache
 from aimg.training.loss import TimestepSampler, masked_flow_loss, noised_latents, seeded_noise
@@ -66,6 +72,7 @@ class WorldActionObjective:
         )
         self.cameras = CameraLatentCache(codec, max_entries=32)  # static rigs need a few
         self.per_token = model_cfg.transformer.timestep_mode == "per_token"
+        self.action_loss_weight = train_cfg.action_loss_weight
 
     def task(self, step: int) -> Task:
         return draw_task(self.data_cfg.tasks, self.seed, step)
@@ -136,8 +143,21 @@ class WorldActionObjective:
         if self.per_token:
             t = t[:, None].expand(-1, clean.shape[0]).masked_fill(clean[None], 0.0)
         pred = model(xt, t, inp["text"], inp["cameras"])
-        loss = masked_flow_loss(pred, target, clean, draw["weight"].to(self.device))
+        frame_weight = self.frame_weights(task, x0.shape[2])
+        loss = masked_flow_loss(pred, target, clean, draw["weight"].to(self.device), frame_weight)
         return loss, {}
+
+    def frame_weights(self, task: Task, frames: int) -> torch.Tensor | None:
+        """[F] loss weight per packed latent frame (None when every frame weighs 1)."""
+        if self.action_loss_weight == 1.0 or not task.with_actions:
+            return None
+        views = self.model_cfg.views
+        weights = torch.ones(frames)
+        for view in range(views):
+            weights[segment_slice(view, "action", frames // (2 * views), True)] = (
+                self.action_loss_weight
+            )
+        return weights
 
 
 def codec_signature(model_cfg: ModelConfig) -> str:

@@ -26,6 +26,7 @@ def transformer_kwargs(cfg: ModelConfig) -> dict:
         "timestep_mode": t.timestep_mode,
         "prediction": t.prediction,
         "min_sigma": t.min_sigma,
+        "sigma_data": t.sigma_data,
     }
 
 

@@ -36,8 +36,14 @@ class TransformerConfig:
     timestep_mode: Literal["scalar", "per_token"] = "scalar"
     prediction: Literal["velocity", "sample"] = "velocity"
     min_sigma: float = 0.05
+    sigma_data: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.sigma_data < 0 or (self.sigma_data > 0 and self.prediction != "sample"):
+            raise ValueError(
+                f"sigma_data {self.sigma_data}: the skip needs prediction: sample "
+                "(0 turns it off)"
+            )
         if not 0.0 < self.min_sigma < 1.0:
             raise ValueError(f"min_sigma must lie in (0, 1), got {self.min_sigma}")
         for name in ("num_layers", "num_heads", "head_dim", "ffn_dim", "text_dim", "freq_dim"):

@@ -113,6 +113,10 @@ class WorldActionModel(ModelMixin, ConfigMixin):
     holds thousands of pixel values but only D channels, so a network cannot carry the noise
     through to a velocity, while the clean action images it must draw are smooth and
     low-dimensional. The output is a velocity either way, so sampler and loss are unchanged.
+    `sigma_data > 0` (sample prediction only) adds the EDM skip: x̂0 = c_skip(σ) x_t +
+    c_out(σ) F with c_skip = (1-σ) s² / ((1-σ)² s² + σ²), c_out = σ s / sqrt((1-σ)² s² + σ²),
+    s = sigma_data. At low noise the network then only corrects x_t instead of redrawing it
+    through its narrow width, which is what keeps the final sampling steps sharp.
 
     forward(hidden_states [B, C, F, h, w], timestep [B] or [B, F], encoder_hidden_states
     [B, L, text_dim], camera_latents [B, F, cam_channels, h_cam, w_cam]) -> [B, C, F, h, w].
@@ -151,12 +155,18 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         timestep_mode: str = "scalar",
         prediction: str = "velocity",
         min_sigma: float = 0.05,
+        sigma_data: float = 0.0,
     ) -> None:
         super().__init__()
         if timestep_mode not in ("scalar", "per_token"):
             raise ValueError(f"timestep_mode must be 'scalar' or 'per_token', got {timestep_mode}")
         if prediction not in ("velocity", "sample"):
             raise ValueError(f"prediction must be 'velocity' or 'sample', got {prediction}")
+        if sigma_data < 0 or (sigma_data > 0 and prediction != "sample"):
+            raise ValueError(
+                f"sigma_data must be 0 (no skip) or > 0 with prediction='sample', got "
+                f"{sigma_data} with prediction={prediction!r}"
+            )
         dim = num_attention_heads * attention_head_dim
         patch_size = tuple(patch_size)
         cam_pool = tuple(cam_pool)
@@ -284,5 +294,11 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         """v = (x_t - x̂0) / σ in float32, σ = t / 1000 per sample ([B]) or per frame ([B, F])."""
         sigma = timestep.float().reshape(noisy.shape[0], -1) / NUM_TRAIN_TIMESTEPS
         sigma = sigma[:, None, :, None, None].clamp(min=self.config.min_sigma)
-        velocity = (noisy.float() - sample.float()) / sigma
+        sample = sample.float()
+        s = self.config.sigma_data
+        if s > 0:
+            signal = 1.0 - sigma
+            norm = signal**2 * s**2 + sigma**2
+            sample = (signal * s**2 / norm) * noisy.float() + (sigma * s / norm.sqrt()) * sample
+        velocity = (noisy.float() - sample) / sigma
         return velocity.to(sample.dtype)

@@ -203,6 +203,42 @@ def test_sample_prediction_clamps_sigma_for_clean_frames():
     torch.testing.assert_close(velocity, (x - raw) / sigma)
 
 
+def test_skip_preconditioning_mixes_noisy_input_and_network_output():
+    """sigma_data > 0: x̂0 = c_skip x_t + c_out F; the velocity is derived from that x̂0."""
+    torch.manual_seed(0)
+    velocity_model = WorldActionModel(**TINY)
+    skip_model = WorldActionModel(**TINY, prediction="sample", sigma_data=0.5)
+    skip_model.load_state_dict(velocity_model.state_dict())
+    x, t, text, cam = inputs()
+    with torch.no_grad():
+        raw = velocity_model(x, t, text, cam)
+        velocity = skip_model(x, t, text, cam)
+    sigma = (t / 1000.0).view(-1, 1, 1, 1, 1)
+    norm = (1 - sigma) ** 2 * 0.25 + sigma**2
+    x0 = (1 - sigma) * 0.25 / norm * x + sigma * 0.5 / norm.sqrt() * raw
+    torch.testing.assert_close(velocity, (x - x0) / sigma)
+
+
+def test_skip_with_a_zero_network_is_the_best_linear_denoiser():
+    """A zero output head (Wan's init) leaves x̂0 = c_skip x_t: at σ -> 0 that is x_t itself."""
+    model = WorldActionModel(**TINY, prediction="sample", sigma_data=0.5, min_sigma=0.001)
+    torch.nn.init.zeros_(model.proj_out.weight)
+    torch.nn.init.zeros_(model.proj_out.bias)
+    x, _, text, cam = inputs()
+    t = torch.full((x.shape[0],), 1.0)  # σ = 0.001
+    with torch.no_grad():
+        velocity = model(x, t, text, cam)
+    x0 = x - 0.001 * velocity
+    c_skip = 0.999 * 0.25 / (0.999**2 * 0.25 + 0.001**2)
+    torch.testing.assert_close(x0, c_skip * x, atol=1e-4, rtol=1e-4)
+    assert abs(c_skip - 1.0) < 2e-3
+
+
+def test_skip_needs_sample_prediction():
+    with pytest.raises(ValueError, match="sigma_data must be 0"):
+        WorldActionModel(**TINY, sigma_data=0.5)
+
+
 def test_unknown_prediction_is_rejected():
     with pytest.raises(ValueError, match="prediction must be 'velocity' or 'sample'"):
         WorldActionModel(**TINY, prediction="epsilon")

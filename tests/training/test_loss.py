@@ -82,3 +82,13 @@ def test_all_clean_sample_contributes_zero():
         torch.ones(1, 2, 3, 1, 1), torch.zeros(1, 2, 3, 1, 1), clean, torch.ones(1)
     )
     assert loss.item() == 0.0
+
+
+def test_frame_weights_shift_the_balance_between_latent_frames():
+    """Frame 1 errs by 1, frame 2 by 3; weighting frame 2 by 3 moves the mean towards 9."""
+    target = torch.zeros(1, 1, 3, 1, 1)
+    pred = torch.tensor([0.0, 1.0, 3.0]).view(1, 1, 3, 1, 1)
+    clean = torch.tensor([True, False, False])
+    frame_weight = torch.tensor([5.0, 1.0, 3.0])  # a clean frame stays out whatever its weight
+    loss = masked_flow_loss(pred, target, clean, torch.ones(1), frame_weight)
+    assert loss.item() == pytest.approx((1.0 * 1.0 + 3.0 * 9.0) / 4.0)

@@ -107,6 +107,28 @@ def test_loss_of_a_batch_is_the_mean_of_the_losses_of_its_parts(setup):
     torch.testing.assert_close(whole, (part(0, 1) + part(1, 3) * 2) / 3)
 
 
+def test_action_loss_weight_marks_exactly_the_action_segments(setup):
+    preset, _, _ = setup
+    objective = _objective(preset, action_loss_weight=4.0)
+    t_l = preset.model.latent_frames
+    weights = objective.frame_weights(Task.JOINT, 4 * t_l)
+    # layout [v0 video, v0 action, v1 video, v1 action]
+    expected = torch.tensor([1.0] * t_l + [4.0] * t_l + [1.0] * t_l + [4.0] * t_l)
+    assert torch.equal(weights, expected)
+    assert objective.frame_weights(Task.VIDEO_ONLY, 2 * t_l) is None
+    assert _objective(preset).frame_weights(Task.JOINT, 4 * t_l) is None
+
+
+def test_action_loss_weight_changes_the_joint_loss(setup):
+    preset, batch, _ = setup
+    model = Spy()
+    model.scale.data.fill_(0.5)
+    step = _step_with_task(_objective(preset), Task.JOINT)
+    plain = _objective(preset)(model, batch, step)[0]
+    stressed = _objective(preset, action_loss_weight=4.0)(model, batch, step)[0]
+    assert not torch.isclose(plain, stressed)
+
+
 def test_latent_cache_gives_the_same_latents_and_is_reused(setup):
     preset, batch, tmp = setup
     cache = LatentCache(tmp / "cache", codec_signature(preset.model))
