@@ -41,8 +41,7 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         if self.sigma_data < 0 or (self.sigma_data > 0 and self.prediction != "sample"):
             raise ValueError(
-                f"sigma_data {self.sigma_data}: the skip needs prediction: sample "
-                "(0 turns it off)"
+                f"sigma_data {self.sigma_data}: the skip needs prediction: sample (0 turns it off)"
             )
         if not 0.0 < self.min_sigma < 1.0:
             raise ValueError(f"min_sigma must lie in (0, 1), got {self.min_sigma}")
