@@ -24,7 +24,7 @@ from aimg.training.cli import evaluate, train
 from aimg.training.config import TaskMixture, load_training_preset
 from aimg.training.dataset import EpisodeClipDataset, find_episodes
 from aimg.training.distributed import DistContext
-from aimg.training.evaluate import score_episode, target_cube_position
+from aimg.training.evaluate import score_episode, summarise, target_cube_position
 from aimg.training.objective import WorldActionObjective
 from aimg.training.run import RunError, build_trainer, run_training
 
@@ -203,6 +203,18 @@ def test_scores_compare_the_final_decoded_position_with_the_expert():
     assert result["success"] and result["final_error_m"] == pytest.approx(0.02, abs=1e-6)
     assert result["cube_xy_error_m"] == pytest.approx(0.01, abs=1e-6)
     assert not score_episode(decoded, truth, meta, threshold=0.01)["success"]
+
+
+def test_summary_counts_both_readings_of_success():
+    results = [
+        {"success": True, "final_error_m": 0.02, "cube_xy_error_m": 0.01},
+        {"success": False, "final_error_m": 0.05, "cube_xy_error_m": 0.02},
+        {"success": False, "final_error_m": None},
+    ]
+    summary = summarise(results, threshold=0.03)
+    assert summary["success_rate"] == pytest.approx(1 / 3)
+    assert summary["cube_xy_success_rate"] == pytest.approx(2 / 3)
+    assert summary["decode_failures"] == 1
 
 
 def test_target_cube_prefers_the_final_object_position():
