@@ -91,6 +91,12 @@ def evaluate(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     sheets: int = typer.Option(8, "--sheets", min=0, help="Contact sheets to write (PNG)."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Sampling steps (default: the checkpoint's sampling block)."
+    ),
+    cfg: float | None = typer.Option(
+        None, "--cfg", help="Classifier-free guidance scale (default: the checkpoint's)."
+    ),
 ) -> None:
     """Open-loop evaluation: sample action segments from start states, decode, score.
 
@@ -111,6 +117,8 @@ def evaluate(
             threshold=threshold,
             device=device,
             contact_sheets=sheets,
+            num_steps=steps,
+            cfg_scale=cfg,
         )
     except (ConfigError, EvaluationError) as exc:
         _fail(str(exc))

@@ -91,9 +91,12 @@ def evaluate_checkpoint(
     contact_sheets: int = 8,
     batch_size: int = 8,
     seed: int = 0,
+    num_steps: int | None = None,
+    cfg_scale: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` on the first `num_episodes` episodes under `data`.
 
+    `num_steps` and `cfg_scale` replace the checkpoint's sampling settings when given.
     Returns {"summary": {...}, "episodes": [...]} and writes `report.json` plus
     `sheet_XXX.png` contact sheets into `out_dir` (default `<run>/eval/<step>`, outside the
     checkpoint directory, which training may prune).
@@ -113,6 +116,8 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     loaded = load_checkpoint(step_dir, device=dev)
     model, mcfg, sampling = loaded.model, loaded.model_config, loaded.sampling
+    changes = {"num_steps": num_steps, "cfg_scale": cfg_scale}
+    sampling = dataclasses.replace(sampling, **{k: v for k, v in changes.items() if v is not None})
     extra = loaded.extra
     dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
     tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
@@ -179,7 +184,12 @@ def evaluate_checkpoint(
                 result["sheet"] = name
             results.append(result)
     summary = summarise(results, threshold)
-    summary.update(checkpoint=str(step_dir), out_dir=str(out_dir), steps=sampling.num_steps)
+    summary.update(
+        checkpoint=str(step_dir),
+        out_dir=str(out_dir),
+        steps=sampling.num_steps,
+        cfg_scale=sampling.cfg_scale,
+    )
     report = {"summary": summary, "episodes": results}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

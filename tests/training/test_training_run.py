@@ -184,11 +184,12 @@ def test_eval_writes_a_report_and_contact_sheets(preset_path, data_root, tmp_pat
     out = tmp_path / "eval"
     result = _cli(
         "eval", "--checkpoint", str(tmp_path / "run"), "--data", str(data_root),
-        "--episodes", "2", "--sheets", "1", "--out", str(out),
+        "--episodes", "2", "--sheets", "1", "--out", str(out), "--steps", "2", "--cfg", "1.5",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["episodes"] == 2
+    assert (report["summary"]["steps"], report["summary"]["cfg_scale"]) == (2, 1.5)
     assert (out / "sheet_000.png").is_file() and not (out / "sheet_001.png").exists()
     assert all(r["decoded_frames"] >= 0 for r in report["episodes"])
 
