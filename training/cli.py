@@ -97,6 +97,12 @@ def evaluate(
     cfg: float | None = typer.Option(
         None, "--cfg", help="Classifier-free guidance scale (default: the checkpoint's)."
     ),
+    samples: int = typer.Option(
+        1,
+        "--samples",
+        min=1,
+        help="Plans drawn per start state; the consensus (medoid) plan is scored.",
+    ),
 ) -> None:
     """Open-loop evaluation: sample action segments from start states, decode, score.
 
@@ -119,6 +125,7 @@ def evaluate(
             contact_sheets=sheets,
             num_steps=steps,
             cfg_scale=cfg,
+            samples=samples,
         )
     except (ConfigError, EvaluationError) as exc:
         _fail(str(exc))

@@ -93,10 +93,13 @@ def evaluate_checkpoint(
     seed: int = 0,
     num_steps: int | None = None,
     cfg_scale: float | None = None,
+    samples: int = 1,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` on the first `num_episodes` episodes under `data`.
 
     `num_steps` and `cfg_scale` replace the checkpoint's sampling settings when given.
+    `samples` > 1 draws that many plans per start state (different noise seeds) and scores the
+    consensus draw (`consensus_draw`), as a planner that samples a batch of plans would.
     Returns {"summary": {...}, "episodes": [...]} and writes `report.json` plus
     `sheet_XXX.png` contact sheets into `out_dir` (default `<run>/eval/<step>`, outside the
     checkpoint directory, which training may prune).
@@ -147,18 +150,21 @@ def evaluate_checkpoint(
         negative = None
         if sampling.cfg_scale != 1.0:
             negative = text([sampling.negative_prompt] * len(items)).to(dev)
-        out = sample(
-            model,
-            inp["x0"],
-            inp["clean"],
-            inp["text"],
-            inp["cameras"],
-            negative_embeds=negative,
-            sampling=sampling,
-            seed=seed + first,
-        )
-        pixels = decode_segments(codec, out.latents, mcfg.views, True, "action")
-        predicted = ((pixels.float().clamp(-1, 1) + 1) / 2).permute(0, 3, 1, 4, 5, 2).cpu().numpy()
+        draws = []  # per draw: action images [B, T, V, H, W, 3] in [0, 1]
+        for draw in range(samples):
+            out = sample(
+                model,
+                inp["x0"],
+                inp["clean"],
+                inp["text"],
+                inp["cameras"],
+                negative_embeds=negative,
+                sampling=sampling,
+                seed=seed + first + _DRAW_SEED_STRIDE * draw,
+            )
+            pixels = decode_segments(codec, out.latents, mcfg.views, True, "action")
+            images = (pixels.float().clamp(-1, 1) + 1) / 2
+            draws.append(images.permute(0, 3, 1, 4, 5, 2).cpu().numpy())
         truth = ((batch["action_images"] + 1) / 2).permute(0, 3, 1, 4, 5, 2).numpy()
         rgb0 = ((batch["video"][:, :, :, 0] + 1) / 2).permute(0, 1, 3, 4, 2).numpy()
         for b, item in enumerate(items):
@@ -169,16 +175,20 @@ def evaluate_checkpoint(
                     f"{paths[index]} has a moving camera; open-loop evaluation decodes with "
                     "static cameras only (choose static views with data.views)"
                 )
-            decoded = decode(predicted[b], cameras)
+            decoded = [decode(images[b], cameras) for images in draws]
+            chosen = consensus_draw([d.actions for d in decoded])
             gt = item["poses"].numpy()
-            result = score_episode(decoded.actions, gt, dataset.episode(index).metadata, threshold)
+            result = score_episode(
+                decoded[chosen].actions, gt, dataset.episode(index).metadata, threshold
+            )
             result.update(
                 episode=str(paths[index]),
                 views=item["views"],
-                confidence_mean=float(np.mean(decoded.confidence)),
+                confidence_mean=float(np.mean(decoded[chosen].confidence)),
+                draw=chosen,
             )
             if index < contact_sheets:
-                sheet = contact_sheet(predicted[b], truth[b], rgb0[b])
+                sheet = contact_sheet(draws[chosen][b], truth[b], rgb0[b])
                 name = f"sheet_{index:03d}.png"
                 Image.fromarray(sheet).save(out_dir / name)
                 result["sheet"] = name
@@ -189,10 +199,28 @@ def evaluate_checkpoint(
         out_dir=str(out_dir),
         steps=sampling.num_steps,
         cfg_scale=sampling.cfg_scale,
+        samples=samples,
     )
     report = {"summary": summary, "episodes": results}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+_DRAW_SEED_STRIDE = 100_003  # seeds of draw r: seed + batch start + r * stride (no overlap)
+
+
+def consensus_draw(actions: list[np.ndarray]) -> int:
+    """Index of the medoid draw: the decoded plan [T, 7] whose final position has the least
+    summed distance to the other draws' final positions. Draws that did not decode lose; a
+    single draw is returned as is. The medoid is a real sample (a consistent trajectory with
+    valid rotations), unlike a per-axis median, and ignores outlying draws."""
+    finals = [last_valid(a[:, :3]) for a in actions]
+    valid = [i for i, f in enumerate(finals) if f is not None]
+    if len(valid) <= 1:
+        return valid[0] if valid else 0
+    points = np.stack([finals[i] for i in valid])
+    spread = np.linalg.norm(points[:, None] - points[None], axis=-1).sum(axis=1)
+    return valid[int(np.argmin(spread))]
 
 
 def score_episode(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import typer
@@ -24,7 +25,12 @@ from aimg.training.cli import evaluate, train
 from aimg.training.config import TaskMixture, load_training_preset
 from aimg.training.dataset import EpisodeClipDataset, find_episodes
 from aimg.training.distributed import DistContext
-from aimg.training.evaluate import score_episode, summarise, target_cube_position
+from aimg.training.evaluate import (
+    consensus_draw,
+    score_episode,
+    summarise,
+    target_cube_position,
+)
 from aimg.training.objective import WorldActionObjective
 from aimg.training.run import RunError, build_trainer, run_training
 
@@ -184,12 +190,15 @@ def test_eval_writes_a_report_and_contact_sheets(preset_path, data_root, tmp_pat
     out = tmp_path / "eval"
     result = _cli(
         "eval", "--checkpoint", str(tmp_path / "run"), "--data", str(data_root),
-        "--episodes", "2", "--sheets", "1", "--out", str(out), "--steps", "2", "--cfg", "1.5",
+        "--episodes", "2", "--sheets", "1", "--out", str(out), "--steps", "2",
+        "--cfg", "1.5", "--samples", "2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["episodes"] == 2
-    assert (report["summary"]["steps"], report["summary"]["cfg_scale"]) == (2, 1.5)
+    summary = report["summary"]
+    assert (summary["steps"], summary["cfg_scale"], summary["samples"]) == (2, 1.5, 2)
+    assert all(r["draw"] in (0, 1) for r in report["episodes"])
     assert (out / "sheet_000.png").is_file() and not (out / "sheet_001.png").exists()
     assert all(r["decoded_frames"] >= 0 for r in report["episodes"])
 
@@ -204,6 +213,19 @@ def test_scores_compare_the_final_decoded_position_with_the_expert():
     assert result["success"] and result["final_error_m"] == pytest.approx(0.02, abs=1e-6)
     assert result["cube_xy_error_m"] == pytest.approx(0.01, abs=1e-6)
     assert not score_episode(decoded, truth, meta, threshold=0.01)["success"]
+
+
+def test_consensus_draw_is_the_medoid_of_the_final_positions():
+    def plan(x: float, y: float) -> np.ndarray:
+        actions = np.zeros((3, 7))
+        actions[-1, :3] = [x, y, 0.05]
+        return actions
+
+    failed = np.full((3, 7), np.nan)
+    draws = [plan(0.40, 0.00), plan(0.90, 0.50), failed, plan(0.44, 0.00), plan(0.42, 0.00)]
+    assert consensus_draw(draws) == 4  # the middle of the cluster, not the outlier
+    assert consensus_draw([failed, plan(0.4, 0.0)]) == 1
+    assert consensus_draw([failed]) == 0
 
 
 def test_summary_counts_both_readings_of_success():
