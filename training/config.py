@@ -107,7 +107,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     shift: float = 5.0
     timesteps: Literal["per_batch", "per_sample"] = "per_sample"
-    loss_weighting: Literal["reference", "uniform"] = "reference"
+    loss_weighting: Literal["reference", "sample", "uniform"] = "reference"
     action_loss_weight: float = 1.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 3

@@ -31,15 +31,25 @@ class TimestepSampler:
         self,
         shift: float,
         mode: Literal["per_batch", "per_sample"] = "per_sample",
-        weighting: Literal["reference", "uniform"] = "reference",
+        weighting: Literal["reference", "sample", "uniform"] = "reference",
     ) -> None:
         self.mode = mode
         self.sigmas = training_sigmas(shift)
         self.timesteps = self.sigmas * NUM_TRAIN_TIMESTEPS
         if weighting == "reference":
             self.weights = training_weights(self.timesteps)
-        else:
+        elif weighting == "sample":
+            # velocity error x σ = clean-sample error: every noise level counts alike in x0
+            # space, so the high-noise levels, where only the conditioning says where things
+            # go, are not drowned out (the reference weight is 0 at σ = 1).
+            squared = self.sigmas.double() ** 2
+            self.weights = squared / squared.mean()
+        elif weighting == "uniform":
             self.weights = torch.ones_like(self.timesteps)
+        else:
+            raise ValueError(
+                f"loss weighting must be 'reference', 'sample' or 'uniform', got {weighting!r}"
+            )
 
     def draw(self, sample_seeds: torch.Tensor, batch_seed: int) -> dict[str, torch.Tensor]:
         """σ [B], timestep [B] and weight [B] (float32) for samples with these seeds."""

@@ -29,6 +29,20 @@ def test_uniform_weighting_gives_weight_one():
     assert torch.equal(draw["weight"], torch.ones(4))
 
 
+def test_sample_weighting_turns_the_velocity_loss_into_a_clean_sample_loss():
+    """v - v̂ = (x̂0 - x0) / σ, so weights ∝ σ² weigh clean-sample errors alike at every σ."""
+    sampler = TimestepSampler(shift=3.0, weighting="sample")
+    ratio = sampler.weights / sampler.sigmas.double() ** 2
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
+    assert sampler.weights.mean().item() == pytest.approx(1.0)
+    assert sampler.weights[0] > 1.0  # σ = 1 counts (the reference weight there is 0)
+
+
+def test_unknown_weighting_is_rejected():
+    with pytest.raises(ValueError, match="'reference', 'sample' or 'uniform'"):
+        TimestepSampler(shift=3.0, weighting="snr")
+
+
 def test_per_batch_mode_draws_one_timestep_for_all_samples():
     draw = TimestepSampler(5.0, mode="per_batch").draw(torch.arange(6), batch_seed=11)
     assert torch.all(draw["timestep"] == draw["timestep"][0])
