@@ -103,6 +103,12 @@ def evaluate(
         min=1,
         help="Plans drawn per start state; the consensus (medoid) plan is scored.",
     ),
+    denoise: bool = typer.Option(
+        False,
+        "--denoise",
+        help="Instead of sampling: clean-sample error of true clips noised at fixed σ, per "
+        "modality, against a flat image (does the model know where things go at σ = 1?).",
+    ),
 ) -> None:
     """Open-loop evaluation: sample action segments from start states, decode, score.
 
@@ -112,8 +118,16 @@ def evaluate(
     Prints a JSON summary; writes report.json and PNG contact sheets
     (ground-truth row above predicted row, per view).
     """
-    from aimg.training.evaluate import EvaluationError, evaluate_checkpoint
+    import json
 
+    from aimg.training.evaluate import EvaluationError, denoising_report, evaluate_checkpoint
+
+    if denoise:
+        try:
+            typer.echo(json.dumps(denoising_report(checkpoint, data, episodes, device=device)))
+        except (ConfigError, EvaluationError) as exc:
+            _fail(str(exc))
+        return
     try:
         report = evaluate_checkpoint(
             checkpoint,
@@ -130,6 +144,4 @@ def evaluate(
     except (ConfigError, EvaluationError) as exc:
         _fail(str(exc))
         return
-    import json
-
     typer.echo(json.dumps(report["summary"], indent=2))

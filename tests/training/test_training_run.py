@@ -203,6 +203,25 @@ def test_eval_writes_a_report_and_contact_sheets(preset_path, data_root, tmp_pat
     assert all(r["decoded_frames"] >= 0 for r in report["episodes"])
 
 
+def test_denoise_report_gives_errors_per_noise_level_and_modality(preset_path, data_root, tmp_path):
+    preset = load_training_preset(preset_path)
+    preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, max_steps=1))
+    run_training(preset, resume=False, progress=False)
+    result = _cli(
+        "eval", "--checkpoint", str(tmp_path / "run"), "--data", str(data_root),
+        "--episodes", "2", "--denoise",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["episodes"] == 2
+    assert [level["sigma"] for level in report["levels"]] == [1.0, 0.9, 0.6, 0.3]
+    for entry in [report["flat"], *report["levels"]]:
+        assert set(entry) >= {"video", "action"}
+        assert all(np.isfinite(entry[m]) and entry[m] >= 0 for m in ("video", "action"))
+    # an untrained model at σ = 1 knows nothing: far from a perfect (zero) reconstruction
+    assert report["levels"][0]["action"] > 0.1 * report["flat"]["action"]
+
+
 def test_scores_compare_the_final_decoded_position_with_the_expert():
     truth = torch.zeros(3, 7).numpy()
     truth[-1, :3] = [0.4, 0.0, 0.055]
