@@ -55,7 +55,7 @@ def test_directory_holds_safetensors_and_a_readable_config(preset, tmp_path):
     ]
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert config["preset"] == "sim-tiny"
-    assert config["shapes"]["tokens_joint"] == cfg.num_tokens() == 576
+    assert config["shapes"]["tokens_joint"] == cfg.num_tokens() == 320
     assert config["shapes"]["latent_channels"] == cfg.latent_channels == 192
     assert config["sampling"]["num_steps"] == sampling.num_steps
     assert config["transformer"]["num_layers"] == cfg.transformer.num_layers

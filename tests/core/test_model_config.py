@@ -23,10 +23,10 @@ def test_official_preset_has_the_reference_shapes():
     assert (sampling.num_steps, sampling.shift, sampling.cfg_scale) == (50, 5.0, 7.5)
 
 
-def test_sim_tiny_preset_packs_576_tokens_of_768_values():
+def test_sim_tiny_preset_packs_320_tokens_of_768_values():
     cfg, _, raw = load_preset(CONFIGS / "sim-tiny.yaml")
-    assert cfg.num_tokens() == 576
-    assert cfg.latent_frames == 9 and cfg.latent_height == 8
+    assert cfg.num_tokens() == 320  # 4 segments x 5 latent frames x 4 x 4 tokens
+    assert cfg.latent_frames == 5 and cfg.latent_height == 8
     patch = cfg.transformer.patch_size
     assert cfg.latent_channels * patch[0] * patch[1] * patch[2] == 768
     assert "model" in raw
