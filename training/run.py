@@ -14,7 +14,12 @@ from aimg.config import to_dict
 from aimg.training import checkpointing as ckpt
 from aimg.training.config import TrainingPreset
 from aimg.training.dataset import EpisodeClipDataset, find_episodes, frame_rate
-from aimg.training.distributed import DistContext, init_distributed, shutdown_distributed
+from aimg.training.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
 from aimg.training.latent_cache import LatentCache
 from aimg.training.objective import WorldActionObjective, codec_signature
 from aimg.training.trainer import Trainer
@@ -139,6 +144,9 @@ def run_training(preset: TrainingPreset, resume: bool, progress: bool = True) ->
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / PRESET_FILE).write_text(yaml.safe_dump(preset_dict(preset), sort_keys=False))
         metrics = trainer.fit()
+        # Leave together: a rank that tears down gloo while another still finishes its last
+        # checkpoint collective aborted at exit on a loaded machine ("terminate called ...").
+        barrier(ctx)
         latest = ckpt.latest_checkpoint(checkpoints)
         return {
             "rank": ctx.rank,
