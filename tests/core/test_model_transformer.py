@@ -173,46 +173,35 @@ def test_save_pretrained_round_trip(model, tmp_path):
         assert torch.equal(loaded(x, t, text, cam), model(x, t, text, cam))
 
 
+def _raw_and_derived(t: torch.Tensor | None = None, mode: str = "scalar", **derived_kwargs):
+    """(raw network output, velocity of a `derived_kwargs` model with the same weights) at t."""
+    torch.manual_seed(0)
+    velocity_model = WorldActionModel(**TINY, timestep_mode=mode)
+    derived_model = WorldActionModel(**TINY, timestep_mode=mode, **derived_kwargs)
+    derived_model.load_state_dict(velocity_model.state_dict())
+    x, t_default, text, cam = inputs()
+    t = t_default if t is None else t
+    with torch.no_grad():
+        return x, t, velocity_model(x, t, text, cam), derived_model(x, t, text, cam)
+
+
 def test_sample_prediction_returns_the_velocity_of_the_predicted_clean_latents():
     """With prediction='sample' the network outputs x̂0 and forward returns (x_t - x̂0) / σ."""
-    torch.manual_seed(0)
-    velocity_model = WorldActionModel(**TINY)
-    sample_model = WorldActionModel(**TINY, prediction="sample", min_sigma=0.05)
-    sample_model.load_state_dict(velocity_model.state_dict())
-    x, t, text, cam = inputs()
-    with torch.no_grad():
-        raw = velocity_model(x, t, text, cam)
-        velocity = sample_model(x, t, text, cam)
+    x, t, raw, velocity = _raw_and_derived(prediction="sample", min_sigma=0.05)
     sigma = (t / 1000.0).view(-1, 1, 1, 1, 1)
     torch.testing.assert_close(velocity, (x - raw) / sigma)
 
 
 def test_sample_prediction_clamps_sigma_for_clean_frames():
-    torch.manual_seed(0)
-    velocity_model = WorldActionModel(**TINY, timestep_mode="per_token")
-    sample_model = WorldActionModel(
-        **TINY, timestep_mode="per_token", prediction="sample", min_sigma=0.1
-    )
-    sample_model.load_state_dict(velocity_model.state_dict())
-    x, _, text, cam = inputs()
     t = torch.tensor([[0.0, 500.0, 500.0, 20.0], [0.0, 900.0, 300.0, 300.0]])
-    with torch.no_grad():
-        raw = velocity_model(x, t, text, cam)
-        velocity = sample_model(x, t, text, cam)
+    x, t, raw, velocity = _raw_and_derived(t, "per_token", prediction="sample", min_sigma=0.1)
     sigma = (t / 1000.0).clamp(min=0.1).view(2, 1, 4, 1, 1)
     torch.testing.assert_close(velocity, (x - raw) / sigma)
 
 
 def test_skip_preconditioning_mixes_noisy_input_and_network_output():
     """sigma_data > 0: x̂0 = c_skip x_t + c_out F; the velocity is derived from that x̂0."""
-    torch.manual_seed(0)
-    velocity_model = WorldActionModel(**TINY)
-    skip_model = WorldActionModel(**TINY, prediction="sample", sigma_data=0.5)
-    skip_model.load_state_dict(velocity_model.state_dict())
-    x, t, text, cam = inputs()
-    with torch.no_grad():
-        raw = velocity_model(x, t, text, cam)
-        velocity = skip_model(x, t, text, cam)
+    x, t, raw, velocity = _raw_and_derived(prediction="sample", sigma_data=0.5)
     sigma = (t / 1000.0).view(-1, 1, 1, 1, 1)
     norm = (1 - sigma) ** 2 * 0.25 + sigma**2
     x0 = (1 - sigma) * 0.25 / norm * x + sigma * 0.5 / norm.sqrt() * raw
