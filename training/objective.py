@@ -22,6 +22,7 @@ from aimg.model.config import ModelConfig
 from aimg.model.packing import (
     Task,
     conditioning_mask,
+    num_segments,
     pack_camera_latents,
     pack_latents,
     segment_slice,
@@ -143,18 +144,18 @@ class WorldActionObjective:
         if self.per_token:
             t = t[:, None].expand(-1, clean.shape[0]).masked_fill(clean[None], 0.0)
         pred = model(xt, t, inp["text"], inp["cameras"])
-        frame_weight = self.frame_weights(task, x0.shape[2])
+        frame_weight = self.frame_weights(task)
         loss = masked_flow_loss(pred, target, clean, draw["weight"].to(self.device), frame_weight)
         return loss, {}
 
-    def frame_weights(self, task: Task, frames: int) -> torch.Tensor | None:
+    def frame_weights(self, task: Task) -> torch.Tensor | None:
         """[F] loss weight per packed latent frame (None when every frame weighs 1)."""
         if self.action_loss_weight == 1.0 or not task.with_actions:
             return None
-        views = self.model_cfg.views
-        weights = torch.ones(frames)
-        for view in range(views):
-            weights[segment_slice(view, "action", frames // (2 * views), True)] = (
+        cfg = self.model_cfg
+        weights = torch.ones(num_segments(cfg.views, True) * cfg.latent_frames)
+        for view in range(cfg.views):
+            weights[segment_slice(view, "action", cfg.latent_frames, True)] = (
                 self.action_loss_weight
             )
         return weights

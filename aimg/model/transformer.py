@@ -294,11 +294,10 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         """v = (x_t - x̂0) / σ in float32, σ = t / 1000 per sample ([B]) or per frame ([B, F])."""
         sigma = timestep.float().reshape(noisy.shape[0], -1) / NUM_TRAIN_TIMESTEPS
         sigma = sigma[:, None, :, None, None].clamp(min=self.config.min_sigma)
-        sample = sample.float()
+        x_t, x0 = noisy.float(), sample.float()
         s = self.config.sigma_data
         if s > 0:
             signal = 1.0 - sigma
             norm = signal**2 * s**2 + sigma**2
-            sample = (signal * s**2 / norm) * noisy.float() + (sigma * s / norm.sqrt()) * sample
-        velocity = (noisy.float() - sample) / sigma
-        return velocity.to(sample.dtype)
+            x0 = (signal * s**2 / norm) * x_t + (sigma * s / norm.sqrt()) * x0
+        return ((x_t - x0) / sigma).to(sample.dtype)
