@@ -21,6 +21,7 @@ import torch
 
 from aimg.config import from_dict
 from aimg.geometry import Camera
+from aimg.model.schedule import NUM_TRAIN_TIMESTEPS
 from aimg.training import checkpointing as ckpt
 from aimg.training.config import DataConfig, TrainConfig
 
@@ -81,6 +82,51 @@ def contact_sheet(predicted: np.ndarray, truth: np.ndarray, rgb: np.ndarray) -> 
     return (np.clip(sheet, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+@dataclasses.dataclass
+class _Evaluation:
+    """A checkpoint opened for evaluation on start states of held-out episodes."""
+
+    step_dir: Path
+    device: torch.device
+    loaded: Any  # aimg.model.checkpoint.Checkpoint
+    paths: list[Path]
+    dataset: Any  # EpisodeClipDataset over start states (frame 0, real instruction)
+    codec: Any
+    text: Any
+    objective: Any  # WorldActionObjective: the training view of a batch
+
+
+def _open_evaluation(
+    checkpoint: Path, data: list[Path], num_episodes: int, device: str
+) -> _Evaluation:
+    """Load the checkpoint, its data/train sections and the first `num_episodes` start states."""
+    from aimg.model.build import build_latent_codec, build_text_encoder
+    from aimg.model.checkpoint import load_checkpoint
+    from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
+    from aimg.training.distributed import resolve_device, set_cpu_threads
+    from aimg.training.objective import WorldActionObjective
+
+    step_dir = resolve_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    loaded = load_checkpoint(step_dir, device=dev)
+    mcfg, extra = loaded.model_config, loaded.extra
+    dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
+    tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
+    if dev.type == "cpu":
+        set_cpu_threads(tcfg.cpu_threads)
+    try:
+        paths = find_episodes(data)[:num_episodes]
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
+    # Start states: frame 0, a fixed view pair, the real instruction.
+    dcfg = dataclasses.replace(dcfg, start_at_zero=1.0, text_dropout=0.0, max_start_fraction=0.0)
+    dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width)
+    codec = build_latent_codec(mcfg).to(dev)
+    text = build_text_encoder(mcfg)
+    objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, dev)
+    return _Evaluation(step_dir, dev, loaded, paths, dataset, codec, text, objective)
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     data: list[Path],
@@ -107,35 +153,16 @@ def evaluate_checkpoint(
     from PIL import Image
 
     from aimg.codec.decode import decode
-    from aimg.model.build import build_latent_codec, build_text_encoder
-    from aimg.model.checkpoint import load_checkpoint
     from aimg.model.packing import Task
     from aimg.model.sampler import decode_segments, sample
-    from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
-    from aimg.training.distributed import resolve_device, set_cpu_threads
-    from aimg.training.objective import WorldActionObjective, batch_cameras
+    from aimg.training.objective import batch_cameras
 
-    step_dir = resolve_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    loaded = load_checkpoint(step_dir, device=dev)
-    model, mcfg, sampling = loaded.model, loaded.model_config, loaded.sampling
+    ev = _open_evaluation(checkpoint, data, num_episodes, device)
+    step_dir, dev, paths, dataset = ev.step_dir, ev.device, ev.paths, ev.dataset
+    codec, text, objective = ev.codec, ev.text, ev.objective
+    model, mcfg, sampling = ev.loaded.model, ev.loaded.model_config, ev.loaded.sampling
     changes = {"num_steps": num_steps, "cfg_scale": cfg_scale}
     sampling = dataclasses.replace(sampling, **{k: v for k, v in changes.items() if v is not None})
-    extra = loaded.extra
-    dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
-    tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
-    if dev.type == "cpu":
-        set_cpu_threads(tcfg.cpu_threads)
-    try:
-        paths = find_episodes(data)[:num_episodes]
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from exc
-    # Start states: frame 0, a fixed view pair, the real instruction.
-    dcfg = dataclasses.replace(dcfg, start_at_zero=1.0, text_dropout=0.0, max_start_fraction=0.0)
-    dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width)
-    codec = build_latent_codec(mcfg).to(dev)
-    text = build_text_encoder(mcfg)
-    objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, dev)
     if out_dir is None:
         in_run = step_dir.parent.name == "checkpoints"
         out_dir = step_dir.parent.parent / "eval" / step_dir.name if in_run else step_dir / "eval"
@@ -282,37 +309,19 @@ def denoising_report(
     an error near the flat one means the model has not learnt where the conditioning (scene,
     current pose, instruction) puts things, whatever its training loss says.
     """
-    from aimg.model.build import build_latent_codec, build_text_encoder
-    from aimg.model.checkpoint import load_checkpoint
     from aimg.model.packing import Task, segment_slice
-    from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
-    from aimg.training.distributed import resolve_device
-    from aimg.training.objective import WorldActionObjective
+    from aimg.training.loss import noised_latents
 
-    step_dir = resolve_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    loaded = load_checkpoint(step_dir, device=dev)
-    model, mcfg = loaded.model.eval(), loaded.model_config
-    extra = loaded.extra
-    dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
-    tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
-    dcfg = dataclasses.replace(dcfg, start_at_zero=1.0, text_dropout=0.0, max_start_fraction=0.0)
-    try:
-        paths = find_episodes(data)[:num_episodes]
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from exc
-    dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width)
-    codec = build_latent_codec(mcfg).to(dev)
-    objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, build_text_encoder(mcfg), dev)
-    batch = torch.utils.data.default_collate([dataset[(i, seed + i)] for i in range(len(paths))])
-    inp = objective.inputs(batch, Task.JOINT)
+    ev = _open_evaluation(checkpoint, data, num_episodes, device)
+    model, mcfg, dev = ev.loaded.model.eval(), ev.loaded.model_config, ev.device
+    items = [ev.dataset[(i, seed + i)] for i in range(len(ev.paths))]
+    inp = ev.objective.inputs(torch.utils.data.default_collate(items), Task.JOINT)
     x0, clean = inp["x0"], inp["clean"]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
-    segment_frames = x0.shape[2] // (2 * mcfg.views)
     frames_of = {
         modality: torch.cat(
             [
-                torch.arange(x0.shape[2])[segment_slice(v, modality, segment_frames, True)]
+                torch.arange(x0.shape[2])[segment_slice(v, modality, mcfg.latent_frames, True)]
                 for v in range(mcfg.views)
             ]
         )
@@ -325,19 +334,20 @@ def denoising_report(
         return {m: float(per_frame[f[generated[f]]].mean()) for m, f in frames_of.items()}
 
     flat = per_modality((x0 - x0.mean(dim=(3, 4), keepdim=True)) ** 2)
-    batch_size = x0.shape[0]
     levels = []
     for sigma in sigmas:
-        xt = torch.where(clean.view(1, 1, -1, 1, 1), x0, (1 - sigma) * x0 + sigma * noise)
-        if objective.per_token:
-            t = torch.full((batch_size, x0.shape[2]), sigma * 1000.0, device=dev)
-            t = t.masked_fill(clean[None], 0.0)
-        else:
-            t = torch.full((batch_size,), sigma * 1000.0, device=dev)
+        sigmas_b = torch.full((x0.shape[0],), sigma, device=dev)
+        xt, _ = noised_latents(x0, noise, sigmas_b, clean)
+        t = ev.objective.model_timesteps(sigmas_b * NUM_TRAIN_TIMESTEPS, clean)
         with torch.no_grad():
             velocity = model(xt, t, inp["text"], inp["cameras"]).float()
         if model.config.prediction == "sample":
             sigma = max(sigma, model.config.min_sigma)  # the model's own clamp
         # x_t = x0 + σ (ε - x0) = x0 + σ v, for either kind of prediction
         levels.append({"sigma": sigma, **per_modality((xt - sigma * velocity - x0) ** 2)})
-    return {"checkpoint": str(step_dir), "episodes": len(paths), "flat": flat, "levels": levels}
+    return {
+        "checkpoint": str(ev.step_dir),
+        "episodes": len(ev.paths),
+        "flat": flat,
+        "levels": levels,
+    }

@@ -140,13 +140,18 @@ class WorldActionObjective:
         draw = self.timesteps.draw(seeds, mix_seed(self.seed, 0x71AE, step))
         noise = seeded_noise(tuple(x0.shape[1:]), seeds).to(self.device)
         xt, target = noised_latents(x0, noise, draw["sigma"].to(self.device), clean)
-        t = draw["timestep"].to(self.device)
-        if self.per_token:
-            t = t[:, None].expand(-1, clean.shape[0]).masked_fill(clean[None], 0.0)
+        t = self.model_timesteps(draw["timestep"].to(self.device), clean)
         pred = model(xt, t, inp["text"], inp["cameras"])
         frame_weight = self.frame_weights(task)
         loss = masked_flow_loss(pred, target, clean, draw["weight"].to(self.device), frame_weight)
         return loss, {}
+
+    def model_timesteps(self, t: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """The model's timestep input for per-sample t [B]: [B] as is (scalar mode), or [B, F]
+        with t = 0 on the clean conditioning frames `clean` [F] (per-token mode)."""
+        if not self.per_token:
+            return t
+        return t[:, None].expand(-1, clean.shape[0]).masked_fill(clean[None], 0.0)
 
     def frame_weights(self, task: Task) -> torch.Tensor | None:
         """[F] loss weight per packed latent frame (None when every frame weighs 1)."""
