@@ -48,6 +48,10 @@ class DataConfig:
     `relative_cameras` gives the model camera poses relative to the condition view, as the
     reference trains (spec §3.2); the default keeps them in the robot base frame, which a
     static cell makes informative. Inference must use the same choice.
+    `crop` = [x0, y0, w, h], fractions of each camera image, is the region the model sees
+    (then centre-cropped to the model aspect and resized; None: the whole image). Framing the
+    workspace makes small objects cover more pixels of a small model input; inference must crop
+    the same way (the cameras follow the crop).
     """
 
     roots: list[Path] = field(default_factory=lambda: [Path("data/reach")])
@@ -58,6 +62,7 @@ class DataConfig:
     text_dropout: float = 0.05
     tasks: TaskMixture = field(default_factory=TaskMixture)
     relative_cameras: bool = False
+    crop: list[float] | None = None
     num_workers: int = 0
     latent_cache: Path | None = None
 
@@ -76,6 +81,15 @@ class DataConfig:
             raise ValueError("views must name at least one camera view (or be omitted)")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.crop is not None:
+            if len(self.crop) != 4:
+                raise ValueError(f"crop is [x0, y0, w, h] (image fractions), got {self.crop}")
+            x0, y0, w, h = (float(c) for c in self.crop)
+            if min(x0, y0) < 0 or min(w, h) <= 0 or x0 + w > 1 + 1e-9 or y0 + h > 1 + 1e-9:
+                raise ValueError(
+                    f"crop {self.crop} must lie inside the image: 0 <= x0, y0; w, h > 0; "
+                    "x0 + w <= 1 and y0 + h <= 1 (fractions of width and height)"
+                )
 
 
 @dataclass(frozen=True)

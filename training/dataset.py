@@ -51,13 +51,16 @@ def frame_rate(episodes: Sequence[Path], sample: int = 8) -> float:
     return float(1e9 / np.median(np.concatenate(intervals)))
 
 
-def crop_resize_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+def crop_resize_frames(
+    frames: np.ndarray, height: int, width: int, region: Sequence[float] | None = None
+) -> torch.Tensor:
     """uint8 [T, H0, W0, 3] -> float32 [3, T, height, width] in [-1, 1].
 
-    Maximal centre crop (whole pixels) to the target aspect, then an antialiased bilinear
-    resize; `crop_resize_camera` gives the matching camera.
+    Crops `region` (see `crop_box`; None: the whole image), then the maximal centre crop (whole
+    pixels) to the target aspect, then an antialiased bilinear resize; `crop_resize_camera`
+    gives the matching camera.
     """
-    x0, y0, cw, ch = _crop_box(frames.shape[1], frames.shape[2], height, width)
+    x0, y0, cw, ch = crop_box(frames.shape[1], frames.shape[2], height, width, region)
     crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0 : y0 + ch, x0 : x0 + cw]))
     x = crop.permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if (ch, cw) != (height, width):
@@ -65,18 +68,33 @@ def crop_resize_frames(frames: np.ndarray, height: int, width: int) -> torch.Ten
     return x.clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
 
 
-def crop_resize_camera(camera: Camera, height: int, width: int) -> Camera:
+def crop_resize_camera(
+    camera: Camera, height: int, width: int, region: Sequence[float] | None = None
+) -> Camera:
     """The camera of `crop_resize_frames`' output (the crop shifts the principal point)."""
-    x0, y0, cw, ch = _crop_box(camera.height, camera.width, height, width)
+    x0, y0, cw, ch = crop_box(camera.height, camera.width, height, width, region)
     return camera.cropped(x0, y0, cw, ch).scaled(height, width)
 
 
-def _crop_box(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int, int, int]:
-    if src_w * height > width * src_h:
-        ch, cw = src_h, min(src_w, round(src_h * width / height))
+def crop_box(
+    src_h: int, src_w: int, height: int, width: int, region: Sequence[float] | None = None
+) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, w, h) of the source that becomes the `height` x `width` model input.
+
+    `region` = (x0, y0, w, h) as fractions of the source width and height (the workspace of a
+    cell, so that small objects cover more of a small model input); within it, the maximal
+    centre crop to the target aspect.
+    """
+    rx, ry, rw, rh = 0, 0, src_w, src_h
+    if region is not None:
+        fx, fy, fw, fh = region
+        rx, ry = round(fx * src_w), round(fy * src_h)
+        rw, rh = min(round(fw * src_w), src_w - rx), min(round(fh * src_h), src_h - ry)
+    if rw * height > width * rh:
+        ch, cw = rh, min(rw, round(rh * width / height))
     else:
-        ch, cw = min(src_h, round(src_w * height / width)), src_w
-    return (src_w - cw) // 2, (src_h - ch) // 2, cw, ch
+        ch, cw = min(rh, round(rw * height / width)), rw
+    return rx + (rw - cw) // 2, ry + (rh - ch) // 2, cw, ch
 
 
 def clip_indices(
@@ -165,15 +183,15 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
         index, seed = key
         ep = self.episode(index)
         idx, views, drop_text = self.choices(index, seed)
-        h, w = self.height, self.width
+        h, w, crop = self.height, self.width, self.cfg.crop
         # cameras[v][k]: view v at clip frame k (the same object throughout for a static one)
         cameras = [
-            [crop_resize_camera(ep.camera(v, 0), h, w)] * len(idx)
+            [crop_resize_camera(ep.camera(v, 0), h, w, crop)] * len(idx)
             if ep.camera_is_static(v)
-            else [crop_resize_camera(ep.camera(v, int(t)), h, w) for t in idx]
+            else [crop_resize_camera(ep.camera(v, int(t)), h, w, crop) for t in idx]
             for v in views
         ]
-        video = torch.stack([crop_resize_frames(ep.frames(v)[idx], h, w) for v in views])
+        video = torch.stack([crop_resize_frames(ep.frames(v)[idx], h, w, crop) for v in views])
         poses = np.asarray(ep.poses, dtype=np.float64)[idx]
         if all(ep.camera_is_static(v) for v in views):
             images = render(poses, [cams[0] for cams in cameras], h, w)  # [T, V, H, W, 3]

@@ -111,7 +111,8 @@ def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = Tru
         text = text.to(ctx.device)
     cache = None
     if dcfg.latent_cache is not None:
-        cache = LatentCache(dcfg.latent_cache, codec_signature(mcfg))
+        # the crop decides the pixels as much as the codec does
+        cache = LatentCache(dcfg.latent_cache, f"{codec_signature(mcfg)}|crop={dcfg.crop}")
     objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, ctx.device, cache)
     return Trainer(
         model,

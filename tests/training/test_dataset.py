@@ -12,12 +12,14 @@ from training_fixtures import VIEWS, make_camera, synthetic_episode, write_synth
 
 from aimg.codec import render
 from aimg.episodes import read_episode, write_episode
+from aimg.geometry import Camera
 from aimg.model.packing import Task
 from aimg.training.config import DataConfig, TaskMixture
 from aimg.training.dataset import (
     DatasetError,
     EpisodeClipDataset,
     clip_indices,
+    crop_box,
     crop_resize_camera,
     crop_resize_frames,
     find_episodes,
@@ -117,18 +119,49 @@ def test_clip_starts_stay_where_the_clip_fits_unless_late_starts_are_allowed():
     assert max(late) == 17
 
 
-def test_crop_resize_keeps_projections_consistent_for_a_wide_source():
+@pytest.mark.parametrize("region", [None, (0.2, 0.25, 0.6, 0.5)])
+def test_crop_resize_keeps_projections_consistent_for_a_wide_source(region):
     cam = make_camera("front", 48, 64)
     point = np.array([0.45, 0.05, 0.15])
     uv, _ = cam.project(point)
     frames = np.zeros((1, 48, 64, 3), dtype=np.uint8)
     u, v = np.round(uv).astype(int)
     frames[0, v - 1 : v + 2, u - 1 : u + 2] = 255
-    small = crop_resize_frames(frames, 24, 24)[0, 0].numpy() + 1  # [24, 24]
-    new_uv, _ = crop_resize_camera(cam, 24, 24).project(point)
+    small = crop_resize_frames(frames, 24, 24, region)[0, 0].numpy() + 1  # [24, 24]
+    new_uv, _ = crop_resize_camera(cam, 24, 24, region).project(point)
     rows, cols = np.indices(small.shape)
     centroid = np.array([(cols * small).sum(), (rows * small).sum()]) / small.sum()
     assert np.linalg.norm(centroid - new_uv) < 0.6
+
+
+def test_crop_region_is_a_fraction_box_then_centre_cropped_to_the_model_aspect():
+    # 0.6 x 0.5 of 64 x 48 = 38 x 24 px from (13, 12); square output keeps its central 24 x 24
+    assert crop_box(48, 64, 24, 24, (0.2, 0.25, 0.6, 0.5)) == (13 + 7, 12, 24, 24)
+    assert crop_box(48, 64, 24, 24) == (8, 0, 48, 48)
+    # a region reaching past the border is clipped to the image
+    assert crop_box(48, 64, 10, 10, (0.5, 0.5, 0.6, 0.6)) == (36, 24, 24, 24)
+
+
+def test_cropped_items_zoom_in_and_their_action_images_follow_the_cameras(episodes):
+    whole = _dataset(episodes)[(0, 3)]
+    zoomed = _dataset(episodes, crop=[0.25, 0.25, 0.5, 0.5])[(0, 3)]
+    assert torch.allclose(zoomed["K"][..., 0, 0], 2 * whole["K"][..., 0, 0])
+    cams = [
+        Camera(k.numpy(), c.numpy(), 32, 32)
+        for k, c in zip(zoomed["K"][:, 0], zoomed["c2w"][:, 0], strict=True)
+    ]
+    expected = render(zoomed["poses"].numpy(), cams, 32, 32)  # [T, V, H, W, 3]
+    got = (zoomed["action_images"].permute(2, 0, 3, 4, 1).numpy() + 1) / 2
+    assert np.abs(got - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "crop, message",
+    [([0.1, 0.1, 0.5], r"\[x0, y0, w, h\]"), ([0.6, 0.0, 0.5, 0.5], "inside the image")],
+)
+def test_bad_crop_regions_are_refused(crop, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(crop=crop)
 
 
 def test_missing_episode_directory_says_to_collect_first(tmp_path):
