@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aimg.codec.render import SIGMA_FRACTION
 from aimg.geometry import Camera
 from aimg.training.config import DataConfig
 
@@ -117,7 +118,8 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
 
     Item (episode index, seed) -> dict with
     `video` float32 [2, 3, T, H, W] in [-1, 1] (condition view first),
-    `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, spec §1),
+    `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, spec §1, blobs
+    `blob_sigma` x min(H, W) wide),
     `K` float64 [2, T, 3, 3] and `c2w` float64 [2, T, 4, 4] (cameras at H x W per clip frame;
     moving cameras, e.g. on the wrist, change along T),
     `poses` float64 [T, 7], `instruction` str ("" after text dropout), `seed` int64,
@@ -125,7 +127,13 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, episodes: Sequence[Path], cfg: DataConfig, frames: int, height: int, width: int
+        self,
+        episodes: Sequence[Path],
+        cfg: DataConfig,
+        frames: int,
+        height: int,
+        width: int,
+        blob_sigma: float = SIGMA_FRACTION,
     ) -> None:
         if not episodes:
             raise DatasetError("no episodes given")
@@ -134,6 +142,7 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
         self.frames = frames
         self.height = height
         self.width = width
+        self.blob_sigma = blob_sigma
         self._episodes: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -194,10 +203,13 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
         video = torch.stack([crop_resize_frames(ep.frames(v)[idx], h, w, crop) for v in views])
         poses = np.asarray(ep.poses, dtype=np.float64)[idx]
         if all(ep.camera_is_static(v) for v in views):
-            images = render(poses, [cams[0] for cams in cameras], h, w)  # [T, V, H, W, 3]
+            images = render(poses, [cams[0] for cams in cameras], h, w, self.blob_sigma)
         else:
             images = np.concatenate(
-                [render(poses[k : k + 1], [c[k] for c in cameras], h, w) for k in range(len(idx))]
+                [
+                    render(poses[k : k + 1], [c[k] for c in cameras], h, w, self.blob_sigma)
+                    for k in range(len(idx))
+                ]
             )
         action_images = torch.from_numpy(np.ascontiguousarray(images)).permute(1, 4, 0, 2, 3)
         return {

@@ -120,7 +120,7 @@ def _open_evaluation(
         raise EvaluationError(str(exc)) from exc
     # Start states: frame 0, a fixed view pair, the real instruction.
     dcfg = dataclasses.replace(dcfg, start_at_zero=1.0, text_dropout=0.0, max_start_fraction=0.0)
-    dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width)
+    dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width, mcfg.blob_sigma)
     codec = build_latent_codec(mcfg).to(dev)
     text = build_text_encoder(mcfg)
     objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, dev)
@@ -202,7 +202,9 @@ def evaluate_checkpoint(
                     f"{paths[index]} has a moving camera; open-loop evaluation decodes with "
                     "static cameras only (choose static views with data.views)"
                 )
-            decoded = [decode(images[b], cameras) for images in draws]
+            decoded = [
+                decode(images[b], cameras, sigma_fraction=mcfg.blob_sigma) for images in draws
+            ]
             chosen = consensus_draw([d.actions for d in decoded])
             gt = item["poses"].numpy()
             result = score_episode(

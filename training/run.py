@@ -102,7 +102,9 @@ def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = Tru
 
     mcfg, dcfg, tcfg = preset.model, preset.data, preset.train
     episodes = find_episodes(dcfg.roots)
-    dataset = EpisodeClipDataset(episodes, dcfg, mcfg.frames, mcfg.height, mcfg.width)
+    dataset = EpisodeClipDataset(
+        episodes, dcfg, mcfg.frames, mcfg.height, mcfg.width, mcfg.blob_sigma
+    )
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank (FSDP does not sync)
     model = build_model(mcfg)
     codec = build_latent_codec(mcfg).to(ctx.device)
@@ -111,8 +113,9 @@ def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = Tru
         text = text.to(ctx.device)
     cache = None
     if dcfg.latent_cache is not None:
-        # the crop decides the pixels as much as the codec does
-        cache = LatentCache(dcfg.latent_cache, f"{codec_signature(mcfg)}|crop={dcfg.crop}")
+        # the crop and the blob width decide the pixels as much as the codec does
+        signature = f"{codec_signature(mcfg)}|crop={dcfg.crop}|blob={mcfg.blob_sigma}"
+        cache = LatentCache(dcfg.latent_cache, signature)
     objective = WorldActionObjective(mcfg, dcfg, tcfg, codec, text, ctx.device, cache)
     return Trainer(
         model,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aimg.codec import kernels
-from aimg.codec.render import AXIS_LENGTH, BLUE_FLOOR, blob_sigma
+from aimg.codec.render import AXIS_LENGTH, BLUE_FLOOR, SIGMA_FRACTION, blob_sigma
 from aimg.codec.validate import check_images_and_cameras
 from aimg.geometry import Camera, matrix_to_euler_xyz
 
@@ -52,6 +52,7 @@ def decode(
     detect_level: float = 0.2,
     gripper_threshold: float = 0.125,
     iterations: int = 20,
+    sigma_fraction: float = SIGMA_FRACTION,
 ) -> DecodedActions:
     """Decode action images [T, V, H, W, 3] (uint8, or float in [0, 1]) seen by V cameras.
 
@@ -60,7 +61,8 @@ def decode(
 
     detect_level: a blob counts as present in a view when its smoothed peak rises this far
     above the background (blue: above the 0.25 step). gripper_threshold: blue background level
-    above which the gripper is open (half of the rendered 0.25).
+    above which the gripper is open (half of the rendered 0.25). sigma_fraction: the blob
+    width the images were drawn at (`render`'s; the reference's 0.05 unless a model says so).
     """
     images, cameras = check_images_and_cameras(images, cameras)
     num_frames, num_views, height, width = images.shape[:4]
@@ -69,7 +71,7 @@ def decode(
         scale, offset = 1.0 / 255.0, 0.5 / 255.0  # undo the pipeline's truncation on average
     else:
         scale, offset = 1.0, 0.0
-    sigma = blob_sigma(height, width)
+    sigma = blob_sigma(height, width, sigma_fraction)
     stride = max(1, int(sigma / 3))
     fit_stride = max(1, int(sigma / 6))
     radius = int(np.ceil(2.2 * sigma))

@@ -29,15 +29,18 @@ AXIS_LENGTH = 0.1
 """Distance (m) from the tool position to the G and B points (the reference's `length`)."""
 
 SIGMA_FRACTION = 0.05
-"""Blob sigma as a fraction of min(H, W) (spec §1.4)."""
+"""Blob sigma as a fraction of min(H, W) (spec §1.4). Other values are an aimg extension for
+small models (see `ModelConfig.blob_sigma`); decode with the fraction the images were drawn at."""
 
 BLUE_FLOOR = 0.25
 """Blue keeps the up-Gaussian only above this level; below it holds 0.25·[open]."""
 
 
-def blob_sigma(height: int, width: int) -> float:
+def blob_sigma(height: int, width: int, fraction: float = SIGMA_FRACTION) -> float:
     """Gaussian sigma in pixels for an image of this size (25.6 px at 512x512)."""
-    return SIGMA_FRACTION * min(height, width)
+    if not 0.0 < fraction <= 0.5:
+        raise ValueError(f"blob sigma fraction must be in (0, 0.5], got {fraction}")
+    return fraction * min(height, width)
 
 
 def action_points(actions: np.ndarray) -> np.ndarray:
@@ -66,7 +69,13 @@ def project_actions(actions: np.ndarray, cameras: Sequence[Camera]) -> np.ndarra
     return out
 
 
-def render(actions: np.ndarray, cameras: Sequence[Camera], height: int, width: int) -> np.ndarray:
+def render(
+    actions: np.ndarray,
+    cameras: Sequence[Camera],
+    height: int,
+    width: int,
+    sigma_fraction: float = SIGMA_FRACTION,
+) -> np.ndarray:
     """Render actions [T, 7] (m, rad, g in [0, 1]) into float32 images [T, V, H, W, 3] in [0, 1].
 
     Cameras must already describe `height` x `width` images (use `Camera.scaled` or
@@ -78,10 +87,12 @@ def render(actions: np.ndarray, cameras: Sequence[Camera], height: int, width: i
     if not cameras:
         raise ValueError("render needs at least one camera")
     check_cameras_fit(cameras, height, width, "the requested images")
-    return render_pixels(project_actions(actions, cameras), height, width)
+    return render_pixels(project_actions(actions, cameras), height, width, sigma_fraction)
 
 
-def render_pixels(action_5d: np.ndarray, height: int, width: int) -> np.ndarray:
+def render_pixels(
+    action_5d: np.ndarray, height: int, width: int, sigma_fraction: float = SIGMA_FRACTION
+) -> np.ndarray:
     """The reference rasteriser: pixel coordinates [T, V, 7] -> float32 images [T, V, H, W, 3].
 
     `action_5d` columns are [pos_u, pos_v, normal_u, normal_v, up_u, up_v, openness]; a NaN
@@ -98,7 +109,7 @@ def render_pixels(action_5d: np.ndarray, height: int, width: int) -> np.ndarray:
     _rasterise(
         np.ascontiguousarray(action_5d.reshape(-1, 7)),
         out.reshape(-1, height, width, 3),
-        blob_sigma(height, width),
+        blob_sigma(height, width, sigma_fraction),
     )
     return out
 

@@ -127,7 +127,13 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The `model:` section: transformer, codec, text encoder and sample geometry."""
+    """The `model:` section: transformer, codec, text encoder and sample geometry.
+
+    `blob_sigma` is the action-image blob width as a fraction of min(H, W) (the reference's
+    0.05, spec §1.4). A small model whose 16 px tokens are far wider than a 0.05 blob (3.2 px at
+    64 px; the reference's blobs span ~1.6 tokens) learns where blobs go much more easily with
+    wider ones; data rendering and decoding follow this value.
+    """
 
     transformer: TransformerConfig
     codec: CodecConfig
@@ -137,10 +143,16 @@ class ModelConfig:
     frames: int = 41
     height: int = 512
     width: int = 512
+    blob_sigma: float = 0.05
 
     def __post_init__(self) -> None:
         if self.views <= 0 or self.frames <= 0:
             raise ValueError("views and frames must be positive")
+        if not 0.0 < self.blob_sigma <= 0.5:
+            raise ValueError(
+                f"blob_sigma is a fraction of the image side in (0, 0.5] (reference 0.05), "
+                f"got {self.blob_sigma}"
+            )
         t = self.codec.temporal_factor
         if (self.frames - 1) % t:
             raise ValueError(

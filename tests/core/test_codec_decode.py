@@ -43,6 +43,16 @@ def test_round_trip_on_random_rigs_is_accurate(size, max_mm, max_deg):
     assert errors.gripper_ok.all()
 
 
+@pytest.mark.parametrize("fraction", [0.125, 0.2])
+def test_wide_blobs_decode_when_told_their_width(fraction):
+    rng = np.random.default_rng(5)
+    cameras = random_rig(rng, 2, 64)
+    actions = random_actions(rng, 8)
+    images = render(actions, cameras, 64, 64, fraction)
+    position, rotation = _errors(decode(images, cameras, sigma_fraction=fraction), actions)
+    assert position.max() < 1.0 and rotation.max() < 1.0
+
+
 def test_blur_and_noise_degrade_gracefully():
     errors = round_trip_errors(
         num_frames=12, size=512, seed=3, frames_per_rig=4, blur_sigma=2.0, noise_std=0.05

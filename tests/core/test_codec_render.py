@@ -56,6 +56,16 @@ def test_blob_is_an_unnormalised_gaussian_with_sigma_five_percent():
     assert image[26, 20] == pytest.approx(np.exp(-16 / (2 * sigma**2)), rel=1e-6)
 
 
+def test_wider_blobs_follow_the_requested_fraction():
+    assert blob_sigma(64, 64, 0.125) == pytest.approx(8.0)
+    a5 = np.array([[[20.0, 30.0, 100.0, 100.0, 100.0, 100.0, 1.0]]])
+    image = render_pixels(a5, 64, 64, 0.125)[0, 0, :, :, 0]
+    assert image[30, 20] == pytest.approx(1.0)
+    assert image[30, 28] == pytest.approx(np.exp(-64 / (2 * 8.0**2)), rel=1e-6)
+    with pytest.raises(ValueError, match="fraction"):
+        blob_sigma(64, 64, 0.0)
+
+
 @pytest.mark.parametrize(("openness", "level"), [(1.0, 0.25), (0.6, 0.25), (0.5, 0.0), (0.0, 0.0)])
 def test_blue_background_encodes_the_gripper(openness, level):
     a5 = np.array([[[10.0, 10.0, 10.0, 10.0, 32.0, 32.0, openness]]])

@@ -30,6 +30,9 @@ def test_sim_tiny_preset_packs_320_tokens_of_768_values():
     patch = cfg.transformer.patch_size
     assert cfg.latent_channels * patch[0] * patch[1] * patch[2] == 768
     assert "model" in raw
+    assert cfg.blob_sigma == 0.125  # 8 px blobs at 64 px: half a token (see the preset)
+    official, _, _ = load_preset(CONFIGS / "official-5b.yaml")
+    assert official.blob_sigma == 0.05  # the reference's
 
 
 def write(tmp_path: Path, edit) -> Path:
@@ -56,6 +59,7 @@ def write(tmp_path: Path, edit) -> Path:
         (lambda m: m["codec"].update(kind="wan_vae"), "needs `path`"),
         (lambda m: m["text"].update(kind="umt5"), "needs `path`"),
         (lambda m: m.update(colour="red"), "unknown key.*colour"),
+        (lambda m: m.update(blob_sigma=0.0), "blob_sigma is a fraction"),
         (lambda m: m["transformer"].pop("num_layers"), "missing required key 'num_layers'"),
     ],
 )

@@ -155,6 +155,20 @@ def test_cropped_items_zoom_in_and_their_action_images_follow_the_cameras(episod
     assert np.abs(got - expected).max() < 1e-5
 
 
+def test_items_draw_blobs_as_wide_as_the_model_asks(episodes):
+    cfg = DataConfig(roots=[episodes[0].parent], stride=2)
+    wide = EpisodeClipDataset(episodes, cfg, 5, 32, 32, blob_sigma=0.2)[(1, 4)]
+    cams = [
+        Camera(k.numpy(), c.numpy(), 32, 32)
+        for k, c in zip(wide["K"][:, 0], wide["c2w"][:, 0], strict=True)
+    ]
+    expected = render(wide["poses"].numpy(), cams, 32, 32, 0.2)
+    got = (wide["action_images"].permute(2, 0, 3, 4, 1).numpy() + 1) / 2
+    assert np.abs(got - expected).max() < 1e-5
+    narrow = render(wide["poses"].numpy(), cams, 32, 32)
+    assert np.abs(got - narrow).max() > 0.1
+
+
 @pytest.mark.parametrize(
     "crop, message",
     [([0.1, 0.1, 0.5], r"\[x0, y0, w, h\]"), ([0.6, 0.0, 0.5, 0.5], "inside the image")],
