@@ -5,7 +5,8 @@ the i2va task) -> sampled action segments -> `aimg.codec.decode` -> the decoded 
 Scores: the distance of the final decoded position to the expert's final tool position (for
 `reach`, the hover point above the target cube; `success_rate` counts these within the
 threshold), the horizontal distance to the target cube (`cube_xy_success_rate`)
-from the episode metadata (sim episodes: `metadata.scene.objects[0]`), and the mean position
+from the episode metadata (sim episodes: the `metadata.scene.objects` entry of the target
+colour), which cube the plan ended nearest to, and the mean position
 error over the segment. Contact sheets show predicted vs ground-truth action images.
 """
 
@@ -45,16 +46,26 @@ def resolve_checkpoint(path: Path) -> Path:
     )
 
 
+def cube_positions(metadata: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Cube centres [3] (m, base frame) by colour from sim episode metadata ({} if none)."""
+    scene = metadata.get("scene")
+    if not isinstance(scene, dict):
+        return {}
+    final = metadata.get("final_object_positions") or {}
+    cubes = {}
+    for obj in scene.get("objects") or []:
+        colour = obj.get("colour")
+        position = final.get(colour, obj.get("position"))
+        if colour is not None and position is not None:
+            cubes[str(colour)] = np.asarray(position, dtype=np.float64)
+    return cubes
+
+
 def target_cube_position(metadata: dict[str, Any]) -> np.ndarray | None:
     """The target cube's centre [3] (m, base frame) from sim episode metadata, if recorded."""
     scene = metadata.get("scene")
-    if not isinstance(scene, dict) or not scene.get("objects"):
-        return None
-    target = scene.get("target")
-    final = metadata.get("final_object_positions") or {}
-    if target in final:
-        return np.asarray(final[target], dtype=np.float64)
-    return np.asarray(scene["objects"][0]["position"], dtype=np.float64)
+    target = scene.get("target") if isinstance(scene, dict) else None
+    return cube_positions(metadata).get(target) if target is not None else None
 
 
 def last_valid(positions: np.ndarray) -> np.ndarray | None:
@@ -274,6 +285,17 @@ def score_episode(
     cube = target_cube_position(metadata)
     if cube is not None:
         result["cube_xy_error_m"] = float(np.linalg.norm(final[:2] - cube[:2]))
+        # which cube the plan went to tells a grounding error (another cube) from a
+        # localisation one (no cube at all)
+        xy = {
+            c: float(np.linalg.norm(final[:2] - p[:2])) for c, p in cube_positions(metadata).items()
+        }
+        nearest = min(xy, key=xy.__getitem__)
+        result.update(
+            nearest_cube=nearest,
+            nearest_cube_is_target=bool(np.allclose(cube_positions(metadata)[nearest], cube)),
+            nearest_cube_xy_m=xy[nearest],
+        )
     return result
 
 
@@ -281,6 +303,7 @@ def summarise(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]
     """Success rate within `threshold` and error statistics over episodes."""
     errors = [r["final_error_m"] for r in results if r.get("final_error_m") is not None]
     cube = [r["cube_xy_error_m"] for r in results if "cube_xy_error_m" in r]
+    nearest = [r["nearest_cube_xy_m"] for r in results if "nearest_cube_xy_m" in r]
     return {
         "episodes": len(results),
         "threshold_m": threshold,
@@ -292,6 +315,14 @@ def summarise(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]
         "final_error_median_m": float(np.median(errors)) if errors else None,
         "final_error_mean_m": float(np.mean(errors)) if errors else None,
         "cube_xy_error_median_m": float(np.median(cube)) if cube else None,
+        # the share of plans ending nearer the named cube than any other, and how far from
+        # whichever cube is nearest: low share + small distance = the wrong cube
+        "nearest_cube_is_target_rate": (
+            sum(bool(r.get("nearest_cube_is_target")) for r in results) / len(results)
+            if nearest
+            else None
+        ),
+        "nearest_cube_xy_median_m": float(np.median(nearest)) if nearest else None,
     }
 
 

@@ -227,11 +227,21 @@ def test_scores_compare_the_final_decoded_position_with_the_expert():
     truth[-1, :3] = [0.4, 0.0, 0.055]
     decoded = truth.copy()
     decoded[-1, :3] += [0.02, 0.0, 0.0]
-    meta = {"scene": {"target": "red", "objects": [{"position": [0.41, 0.0, 0.02]}]}}
+    objects = [
+        {"colour": "blue", "position": [0.3, 0.2, 0.02]},
+        {"colour": "red", "position": [0.41, 0.0, 0.02]},
+    ]
+    meta = {"scene": {"target": "red", "objects": objects}}
     result = score_episode(decoded, truth, meta, threshold=0.03)
     assert result["success"] and result["final_error_m"] == pytest.approx(0.02, abs=1e-6)
     assert result["cube_xy_error_m"] == pytest.approx(0.01, abs=1e-6)
+    assert result["nearest_cube"] == "red" and result["nearest_cube_is_target"]
     assert not score_episode(decoded, truth, meta, threshold=0.01)["success"]
+    # a plan that ends at the other cube: the wrong cube, not nowhere
+    decoded[-1, :3] = [0.31, 0.2, 0.055]
+    wrong = score_episode(decoded, truth, meta, threshold=0.03)
+    assert wrong["nearest_cube"] == "blue" and not wrong["nearest_cube_is_target"]
+    assert wrong["nearest_cube_xy_m"] == pytest.approx(0.01, abs=1e-6)
 
 
 def test_consensus_draw_is_the_medoid_of_the_final_positions():
@@ -248,23 +258,36 @@ def test_consensus_draw_is_the_medoid_of_the_final_positions():
 
 
 def test_summary_counts_both_readings_of_success():
+    near = {"nearest_cube_is_target": True, "nearest_cube_xy_m": 0.01}
     results = [
-        {"success": True, "final_error_m": 0.02, "cube_xy_error_m": 0.01},
-        {"success": False, "final_error_m": 0.05, "cube_xy_error_m": 0.02},
+        {"success": True, "final_error_m": 0.02, "cube_xy_error_m": 0.01, **near},
+        {"success": False, "final_error_m": 0.05, "cube_xy_error_m": 0.02, **near},
+        {"success": False, "final_error_m": 0.2, "cube_xy_error_m": 0.2, "nearest_cube_xy_m": 0.05}
+        | {"nearest_cube_is_target": False},
         {"success": False, "final_error_m": None},
     ]
     summary = summarise(results, threshold=0.03)
-    assert summary["success_rate"] == pytest.approx(1 / 3)
-    assert summary["cube_xy_success_rate"] == pytest.approx(2 / 3)
+    assert summary["success_rate"] == pytest.approx(1 / 4)
+    assert summary["cube_xy_success_rate"] == pytest.approx(2 / 4)
     assert summary["decode_failures"] == 1
+    assert summary["nearest_cube_is_target_rate"] == pytest.approx(2 / 4)
+    assert summary["nearest_cube_xy_median_m"] == pytest.approx(0.01)
 
 
 def test_target_cube_prefers_the_final_object_position():
     meta = {
-        "scene": {"target": "red", "objects": [{"position": [0.4, 0.0, 0.02]}]},
+        "scene": {
+            "target": "red",
+            "objects": [
+                {"colour": "green", "position": [0.3, 0.1, 0.02]},
+                {"colour": "red", "position": [0.4, 0.0, 0.02]},
+            ],
+        },
         "final_object_positions": {"red": [0.42, 0.01, 0.02]},
     }
     assert target_cube_position(meta).tolist() == [0.42, 0.01, 0.02]
+    del meta["final_object_positions"]
+    assert target_cube_position(meta).tolist() == [0.4, 0.0, 0.02]  # the named one, not the first
     assert target_cube_position({}) is None
 
 
