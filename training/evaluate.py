@@ -287,13 +287,12 @@ def score_episode(
         result["cube_xy_error_m"] = float(np.linalg.norm(final[:2] - cube[:2]))
         # which cube the plan went to tells a grounding error (another cube) from a
         # localisation one (no cube at all)
-        xy = {
-            c: float(np.linalg.norm(final[:2] - p[:2])) for c, p in cube_positions(metadata).items()
-        }
+        cubes = cube_positions(metadata)
+        xy = {colour: float(np.linalg.norm(final[:2] - p[:2])) for colour, p in cubes.items()}
         nearest = min(xy, key=xy.__getitem__)
         result.update(
             nearest_cube=nearest,
-            nearest_cube_is_target=bool(np.allclose(cube_positions(metadata)[nearest], cube)),
+            nearest_cube_is_target=nearest == metadata["scene"]["target"],
             nearest_cube_xy_m=xy[nearest],
         )
     return result
