@@ -142,28 +142,30 @@ def test_crop_region_is_a_fraction_box_then_centre_cropped_to_the_model_aspect()
     assert crop_box(48, 64, 10, 10, (0.5, 0.5, 0.6, 0.6)) == (36, 24, 24, 24)
 
 
+def _static_cameras_and_action_images(item) -> tuple[list[Camera], np.ndarray]:
+    """An item's cameras (clip frame 0) and its action images as [T, V, H, W, 3] in [0, 1]."""
+    height, width = item["action_images"].shape[-2:]
+    cams = [
+        Camera(k.numpy(), c.numpy(), width, height)
+        for k, c in zip(item["K"][:, 0], item["c2w"][:, 0], strict=True)
+    ]
+    return cams, (item["action_images"].permute(2, 0, 3, 4, 1).numpy() + 1) / 2
+
+
 def test_cropped_items_zoom_in_and_their_action_images_follow_the_cameras(episodes):
     whole = _dataset(episodes)[(0, 3)]
     zoomed = _dataset(episodes, crop=[0.25, 0.25, 0.5, 0.5])[(0, 3)]
     assert torch.allclose(zoomed["K"][..., 0, 0], 2 * whole["K"][..., 0, 0])
-    cams = [
-        Camera(k.numpy(), c.numpy(), 32, 32)
-        for k, c in zip(zoomed["K"][:, 0], zoomed["c2w"][:, 0], strict=True)
-    ]
+    cams, got = _static_cameras_and_action_images(zoomed)
     expected = render(zoomed["poses"].numpy(), cams, 32, 32)  # [T, V, H, W, 3]
-    got = (zoomed["action_images"].permute(2, 0, 3, 4, 1).numpy() + 1) / 2
     assert np.abs(got - expected).max() < 1e-5
 
 
 def test_items_draw_blobs_as_wide_as_the_model_asks(episodes):
     cfg = DataConfig(roots=[episodes[0].parent], stride=2)
     wide = EpisodeClipDataset(episodes, cfg, 5, 32, 32, blob_sigma=0.2)[(1, 4)]
-    cams = [
-        Camera(k.numpy(), c.numpy(), 32, 32)
-        for k, c in zip(wide["K"][:, 0], wide["c2w"][:, 0], strict=True)
-    ]
+    cams, got = _static_cameras_and_action_images(wide)
     expected = render(wide["poses"].numpy(), cams, 32, 32, 0.2)
-    got = (wide["action_images"].permute(2, 0, 3, 4, 1).numpy() + 1) / 2
     assert np.abs(got - expected).max() < 1e-5
     narrow = render(wide["poses"].numpy(), cams, 32, 32)
     assert np.abs(got - narrow).max() > 0.1
