@@ -99,7 +99,7 @@ def convert_reference(
     preset: str = typer.Option("configs/official-5b.yaml", help="Preset the checkpoint matches."),
     dtype: str = typer.Option(None, help="fp32 or bf16 (default: keep the file's dtype)."),
 ) -> None:
-    """Convert the released reference checkpoint into an aimg checkpoint directory (spec §7).
+    """Convert the released reference checkpoint into an aimg checkpoint directory (docs/reference.md §7).
 
     The .ckpt is read with torch.load(weights_only=True); unexpected or missing keys are listed.
     """

@@ -3,7 +3,7 @@
 Conventions (DESIGN.md): metres and radians; the world frame is the robot base frame; cameras
 are OpenCV pinhole (x right, y down, z forward) with `K` in pixels of their own image and `c2w`
 camera-to-base; pixel coordinates (u, v) = (column, row) of the pixel centre, so the pixel index
-equals the coordinate. The reference code's "flipped" cameras and relative poses (spec §3.1,
+equals the coordinate. The reference code's "flipped" cameras and relative poses (docs/reference.md §3.1,
 §3.2) appear only at the boundary that feeds a reference checkpoint: see `to_reference_flipped`,
 `relative_c2w` and `plucker_rays`.
 """
@@ -141,7 +141,7 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> FloatArray:
 def scale_intrinsics(
     K: FloatArray, src_size: tuple[int, int], dst_size: tuple[int, int]
 ) -> FloatArray:
-    """Rescale K from a (height, width) image to another, as the reference does (spec §3.5).
+    """Rescale K from a (height, width) image to another, as the reference does (docs/reference.md §3.5).
 
     fx, cx scale by dst_w / src_w and fy, cy by dst_h / src_h (the reference's
     `intrinsics_transform`; it is how `K_64` of the fixtures was made from `K_512`).
@@ -156,7 +156,7 @@ def scale_intrinsics(
 def center_crop_resize_intrinsics(
     K: FloatArray, src_size: tuple[int, int], dst_size: tuple[int, int]
 ) -> FloatArray:
-    """K after a maximal centre crop to the target aspect, then a resize (spec §3.1).
+    """K after a maximal centre crop to the target aspect, then a resize (docs/reference.md §3.1).
 
     Sizes are (height, width). fx' = fx*sx, cx' = (cx - dx)*sx with float crop offsets dx, dy.
     """
@@ -294,7 +294,7 @@ class Camera:
         return Camera(K, self.c2w, width, height)
 
     def to_reference_flipped(self) -> tuple[FloatArray, FloatArray]:
-        """(K, c2w) in the reference "flipped" convention (spec §3.1).
+        """(K, c2w) in the reference "flipped" convention (docs/reference.md §3.1).
 
         Camera x and y axes negated and fx, fy negated: projection is unchanged, only the
         stored numbers differ. Used only at the boundary to a reference checkpoint.
@@ -305,7 +305,7 @@ class Camera:
     def from_reference_flipped(
         cls, K: FloatArray, c2w: FloatArray, width: int, height: int
     ) -> Camera:
-        """Build an OpenCV camera from the reference "flipped" (K, c2w) (spec §3.1)."""
+        """Build an OpenCV camera from the reference "flipped" (K, c2w) (docs/reference.md §3.1)."""
         K_cv, c2w_cv = flip_reference_convention(K, c2w)
         return cls(K_cv, c2w_cv, width, height)
 
@@ -330,7 +330,7 @@ class Camera:
 def flip_reference_convention(K: FloatArray, c2w: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Toggle between OpenCV and the reference "flipped" convention (an involution).
 
-    c2w -> c2w @ diag(-1, -1, 1, 1), fx -> -fx, fy -> -fy (spec §3.1). Batched over leading dims.
+    c2w -> c2w @ diag(-1, -1, 1, 1), fx -> -fx, fy -> -fy (docs/reference.md §3.1). Batched over leading dims.
     """
     K = np.array(K, dtype=np.float64)
     c2w = np.array(c2w, dtype=np.float64)
@@ -342,7 +342,7 @@ def flip_reference_convention(K: FloatArray, c2w: FloatArray) -> tuple[FloatArra
 
 
 def relative_c2w(c2w: FloatArray, reference_c2w: FloatArray) -> FloatArray:
-    """Poses relative to a reference camera (spec §3.2): inv(reference_c2w) @ c2w, [..., 4, 4].
+    """Poses relative to a reference camera (docs/reference.md §3.2): inv(reference_c2w) @ c2w, [..., 4, 4].
 
     The reference trains with poses relative to the first frame of the condition view.
     """
@@ -357,7 +357,7 @@ def plucker_rays(
     moment_scale: float = 1.0 / 3.0,
     dtype: np.dtype = np.float32,
 ) -> FloatArray:
-    """Plücker ray field of one camera, exactly as the reference computes it (spec §3.3).
+    """Plücker ray field of one camera, exactly as the reference computes it (docs/reference.md §3.3).
 
     K: [3, 3] (either convention: a flipped pair gives the same field); c2w: [4, 4] or [3, 4].
     Pixel coordinates are u = j + 0.5, v = i + 0.5 (the reference's choice here, unlike the

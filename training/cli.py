@@ -46,7 +46,7 @@ def train(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm bar on rank 0."),
 ) -> None:
-    """Train a world action model with masked flow matching (spec §5).
+    """Train a world action model with masked flow matching (docs/reference.md §5).
 
     One process:   aimg train --config configs/sim-tiny.yaml
     N processes:   torchrun --standalone --nproc_per_node N -m aimg train --config ...

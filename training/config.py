@@ -15,7 +15,7 @@ from aimg.config import ConfigError, from_dict, load_yaml
 
 @dataclass(frozen=True)
 class TaskMixture:
-    """Probabilities of the training tasks (spec §5).
+    """Probabilities of the training tasks (docs/reference.md §5).
 
     `video_only` is drawn first; the rest is split between joint image-to-video+action
     generation (`i2va`), "first view's video given" and video-to-action labelling (`v2a`),
@@ -46,7 +46,7 @@ class DataConfig:
     `start_at_zero` the clip starts at the first frame (the policy's typical situation), else
     uniformly where the whole clip fits; clips that run past the end repeat the last frame.
     `relative_cameras` gives the model camera poses relative to the condition view, as the
-    reference trains (spec §3.2); the default keeps them in the robot base frame, which a
+    reference trains (docs/reference.md §3.2); the default keeps them in the robot base frame, which a
     static cell makes informative. Inference must use the same choice.
     `crop` = [x0, y0, w, h], fractions of each camera image, is the region the model sees
     (then centre-cropped to the model aspect and resized; None: the whole image). Framing the

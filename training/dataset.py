@@ -118,7 +118,7 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
 
     Item (episode index, seed) -> dict with
     `video` float32 [2, 3, T, H, W] in [-1, 1] (condition view first),
-    `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, spec §1, blobs
+    `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, docs/reference.md §1, blobs
     `blob_sigma` x min(H, W) wide),
     `K` float64 [2, T, 3, 3] and `c2w` float64 [2, T, 4, 4] (cameras at H x W per clip frame;
     moving cameras, e.g. on the wrist, change along T),

@@ -1,4 +1,4 @@
-"""The flow-matching objective of spec §5: noising, timestep draws, weights, masked loss.
+"""The flow-matching objective of docs/reference.md §5: noising, timestep draws, weights, masked loss.
 
 x_t = (1 - σ) x0 + σ ε, target v = ε - x0; conditioning (clean) latent frames are reset to x0
 after noising and excluded from the loss. σ comes from the shifted 1000-step training grid and
@@ -87,7 +87,7 @@ def noised_latents(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, target v) for x0, noise [B, C, F, h, w], sigma [B], clean bool [B, F] or [F].
 
-    Conditioning frames of x_t are reset to x0 (spec §5).
+    Conditioning frames of x_t are reset to x0 (docs/reference.md §5).
     """
     s = sigma.to(x0.dtype).view(-1, 1, 1, 1, 1)
     xt = torch.where(_frame_mask(clean, x0), x0, add_noise(x0, noise, s))

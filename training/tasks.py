@@ -1,4 +1,4 @@
-"""The per-step training task mixture of spec §5.
+"""The per-step training task mixture of docs/reference.md §5.
 
 One task per step for the whole global batch (video-only steps use a different latent layout
 than the others, so a batch cannot mix them); drawn from (seed, step) so every rank agrees.

@@ -1,4 +1,4 @@
-"""Action-image rendering: 7-DoF actions -> per-view images of three Gaussian blobs (spec §1).
+"""Action-image rendering: 7-DoF actions -> per-view images of three Gaussian blobs (docs/reference.md §1).
 
 Reference-exact in float32: R = tool position, G = p + 0.1·R·e_x, B = p - 0.1·R·e_z; each an
 unnormalised Gaussian (peak 1) with sigma = 0.05·min(H, W) pixels, centred at pixel-index
@@ -9,7 +9,7 @@ Two deliberate differences from the reference code:
 - Precision: we compute the projection in float64 and the Gaussians in float64 before storing
   float32, so images agree with the reference's float32 path to ~1e-6. The reference casts
   actions and cameras to bf16 in training and inference, which moves blob centres by up to
-  ~3 px at 512x512 (spec §1.5); we do not replicate that quantisation.
+  ~3 px at 512x512 (docs/reference.md §1.5); we do not replicate that quantisation.
 - Points behind a camera (z <= 0) are not drawn. The reference divides by the negative depth and
   draws a mirrored blob, a picture of a point that the camera cannot see; we leave that channel
   blank (blue: background level only), which a decoder reads as "not visible in this view".
@@ -29,7 +29,7 @@ AXIS_LENGTH = 0.1
 """Distance (m) from the tool position to the G and B points (the reference's `length`)."""
 
 SIGMA_FRACTION = 0.05
-"""Blob sigma as a fraction of min(H, W) (spec §1.4). Other values are an aimg extension for
+"""Blob sigma as a fraction of min(H, W) (docs/reference.md §1.4). Other values are an aimg extension for
 small models (see `ModelConfig.blob_sigma`); decode with the fraction the images were drawn at."""
 
 BLUE_FLOOR = 0.25
@@ -54,7 +54,7 @@ def action_points(actions: np.ndarray) -> np.ndarray:
 
 
 def project_actions(actions: np.ndarray, cameras: Sequence[Camera]) -> np.ndarray:
-    """Actions [T, 7] -> reference `action_5d` [T, V, 7] float64 (spec §1.3).
+    """Actions [T, 7] -> reference `action_5d` [T, V, 7] float64 (docs/reference.md §1.3).
 
     Columns: [pos_u, pos_v, normal_u, normal_v, up_u, up_v, openness] in pixels of each camera's
     image. Unlike the reference, a point behind a camera gets NaN coordinates (not drawn).

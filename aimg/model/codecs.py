@@ -7,7 +7,7 @@ latent frame holds `temporal_factor` pixel frames, so T_l = 1 + (T - 1) / tempor
   Channel index = ((colour * t + dt) * s + dy) * s + dx. Pixel frame 0 is repeated t times to
   fill latent frame 0; decoding averages those copies (exact on encoded data).
 - `WanVAECodec`: `diffusers.AutoencoderKLWan` from a local directory, posterior mode normalised
-  per channel with the VAE's latents_mean / latents_std (spec §4.2).
+  per channel with the VAE's latents_mean / latents_std (docs/reference.md §4.2).
 """
 
 from __future__ import annotations

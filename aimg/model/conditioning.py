@@ -1,7 +1,7 @@
 """Clean conditioning latents for sampling: what each task is given, packed with its mask.
 
 At inference the current RGB frame and the current-pose action image of each view are the
-first pixel frame of otherwise empty segments (spec §6). Latent frame 0 holds pixel frame 0
+first pixel frame of otherwise empty segments (docs/reference.md §6). Latent frame 0 holds pixel frame 0
 alone (causal Wan VAE, and the pixel codec by construction), so encoding that one frame gives
 exactly the conditioning latent. Whole segments (v2a: videos; a2v: action videos) are encoded
 in full.

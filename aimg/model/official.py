@@ -1,7 +1,7 @@
-"""Convert the reference ActionImages checkpoint (original Wan key names) into ours (spec §7).
+"""Convert the reference ActionImages checkpoint (original Wan key names) into ours (docs/reference.md §7).
 
 The reference `.ckpt` is `torch.save(dit.state_dict())`; it is read here, and only here, with
-`torch.load(weights_only=True)`. Keys are renamed with the spec §7 table; anything unexpected or
+`torch.load(weights_only=True)`. Keys are renamed with the docs/reference.md §7 table; anything unexpected or
 missing is an error that lists the keys, so a wrong file never loads half-way.
 """
 
@@ -73,7 +73,7 @@ class CheckpointKeyError(ValueError):
 
 
 def reference_key_map(num_layers: int) -> dict[str, str]:
-    """The full spec §7 table for `num_layers` blocks: reference key -> our key."""
+    """The full docs/reference.md §7 table for `num_layers` blocks: reference key -> our key."""
     mapping = dict(TOP_LEVEL_KEYS)
     for n in range(num_layers):
         for ref, ours in BLOCK_KEYS.items():
@@ -97,7 +97,7 @@ def _check_keys(given: set[str], expected: set[str], what: str) -> None:
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:5]}")
         raise CheckpointKeyError(
-            f"{what}: {'; '.join(parts)}. Is this an ActionImages DiT checkpoint (spec §7) "
+            f"{what}: {'; '.join(parts)}. Is this an ActionImages DiT checkpoint (docs/reference.md §7) "
             "with the camera branch (cam_encoder, projector) in every block?"
         )
 

@@ -21,7 +21,7 @@ from aimg.model.schedule import NUM_TRAIN_TIMESTEPS, sampler_sigmas
 
 
 class StepCache:
-    """The reference `--dynamic_cache_schedule` rule (spec §6, `should_run_model`).
+    """The reference `--dynamic_cache_schedule` rule (docs/reference.md §6, `should_run_model`).
 
     Keeps the last two computed (CFG-combined) predictions. With fewer than two, run. A
     countdown > 1 decrements and skips; a countdown of 1 resets and runs. Otherwise the mean
@@ -74,7 +74,7 @@ def _timestep(sigma: float, batch: int, mask: torch.Tensor, per_token: bool, dty
     """[B] (scalar mode) or [B, F] (per-token mode, clean frames t = 0) timesteps 1000·σ."""
     t = torch.full((batch,), sigma * NUM_TRAIN_TIMESTEPS, dtype=torch.float32, device=mask.device)
     if dtype in (torch.bfloat16, torch.float16):
-        t = t.to(dtype).float()  # the reference feeds a bf16-rounded timestep (spec §6)
+        t = t.to(dtype).float()  # the reference feeds a bf16-rounded timestep (docs/reference.md §6)
     if per_token:
         t = t[:, None].expand(batch, mask.shape[-1]).masked_fill(mask.expand(batch, -1), 0.0)
     return t
@@ -166,7 +166,7 @@ def decode_segments(
 ) -> torch.Tensor:
     """Decode only the segments needed: pixels [B, V, 3, T, H, W] in [-1, 1].
 
-    modality "action" (a policy) or "video"; each segment is decoded on its own (spec §6).
+    modality "action" (a policy) or "video"; each segment is decoded on its own (docs/reference.md §6).
     """
     video, action = unpack_latents(latents, num_views, with_actions)
     if modality == "action":

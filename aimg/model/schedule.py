@@ -1,4 +1,4 @@
-"""Flow-matching noise schedules (spec §5, §6): x_t = (1 - σ) x0 + σ ε, timestep = 1000 σ."""
+"""Flow-matching noise schedules (docs/reference.md §5, §6): x_t = (1 - σ) x0 + σ ε, timestep = 1000 σ."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def sampler_sigmas(
 
 
 def training_sigmas(shift: float, num: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    """Training grid [num] float64: shifted linspace(1, 0, num + 1)[:-1] (spec §5)."""
+    """Training grid [num] float64: shifted linspace(1, 0, num + 1)[:-1] (docs/reference.md §5)."""
     return shift_sigmas(torch.linspace(1.0, 0.0, num + 1, dtype=torch.float64)[:-1], shift)
 
 

@@ -1,6 +1,6 @@
 """Text encoders: prompts -> [B, L, D_text] embeddings, zero past each prompt's length.
 
-- `UMT5TextEncoder`: the reference's umT5 encoder (spec §4.2) from a local directory holding
+- `UMT5TextEncoder`: the reference's umT5 encoder (docs/reference.md §4.2) from a local directory holding
   the encoder weights and its tokenizer; 512 tokens, padded and truncated.
 - `HashTextEncoder`: the built-in encoder of our small models. Words (lower-cased, split on
   non-alphanumerics) map to fixed unit-variance vectors derived from a BLAKE2b hash, plus a

@@ -4,7 +4,7 @@ Parameter names equal diffusers' `WanTransformer3DModel` (so a diffusers Wan2.2 
 state dict loads directly, camera modules then stay at their initial values), plus per block
 `cam_encoder.2` (Linear prod(cam_pool) -> D, zero-initialised) and `projector` (Linear D -> D,
 identity-initialised): at initialisation the model computes exactly the base transformer
-(spec §3.4). Block internals (FP32 LayerNorms, modulation order, RoPE, head modulation) are
+(docs/reference.md §3.4). Block internals (FP32 LayerNorms, modulation order, RoPE, head modulation) are
 diffusers' own modules; only the block forward is ours, to inject the camera vector.
 """
 
@@ -29,7 +29,7 @@ from aimg.model.schedule import NUM_TRAIN_TIMESTEPS
 class CameraWanBlock(WanTransformerBlock):
     """A Wan block whose self-attention sees the camera vector of each token's latent frame.
 
-    attn1 input = modulate(norm1(x)) + cam; x += gate_msa * projector(attn1(...)) (spec §3.4).
+    attn1 input = modulate(norm1(x)) + cam; x += gate_msa * projector(attn1(...)) (docs/reference.md §3.4).
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class CameraWanBlock(WanTransformerBlock):
 
 
 class WorldActionModel(ModelMixin, ConfigMixin):
-    """Velocity predictor over packed multi-view video + action latents (spec §4).
+    """Velocity predictor over packed multi-view video + action latents (docs/reference.md §4).
 
     `prediction="velocity"` (the reference) regresses noise - x0 directly. `prediction="sample"`
     makes the network output the clean latents x̂0 and returns the velocity (x_t - x̂0) / σ,

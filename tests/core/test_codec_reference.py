@@ -1,4 +1,4 @@
-"""Specification of aimg.codec.decode_reference: the reference decoder, bugs included (spec §2)."""
+"""Specification of aimg.codec.decode_reference: the reference decoder, bugs included (docs/reference.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Specification of aimg.codec.render: the reference encoder, reproduced exactly (spec §1)."""
+"""Specification of aimg.codec.render: the reference encoder, reproduced exactly (docs/reference.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Converter of reference (Wan-named) checkpoints: the full spec §7 key set, both directions."""
+"""Converter of reference (Wan-named) checkpoints: the full docs/reference.md §7 key set, both directions."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ PATCH = (1, 2, 2)
 def reference_shapes(
     dim: int, layers: int, channels: int, text: int, freq: int, ffn: int, pool: tuple[int, int, int]
 ) -> dict[str, tuple[int, ...]]:
-    """The spec §7 table, written out independently of the converter's own table."""
+    """The docs/reference.md §7 table, written out independently of the converter's own table."""
     shapes = {
         "patch_embedding.weight": (dim, channels, *PATCH),
         "patch_embedding.bias": (dim,),

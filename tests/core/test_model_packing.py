@@ -1,4 +1,4 @@
-"""Packing of views and modalities along latent frames, and the task masks (spec §4.3-4.4)."""
+"""Packing of views and modalities along latent frames, and the task masks (docs/reference.md §4.3-4.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The flow-matching objective of spec §5: timesteps, weights, noising and the masked loss."""
+"""The flow-matching objective of docs/reference.md §5: timesteps, weights, noising and the masked loss."""
 
 from __future__ import annotations
 
