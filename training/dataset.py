@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from aimg.codec.render import SIGMA_FRACTION
-from aimg.geometry import Camera
+from aimg.observation import crop_resize_camera, crop_resize_frames
 from aimg.training.config import DataConfig
 
 
@@ -52,52 +51,6 @@ def frame_rate(episodes: Sequence[Path], sample: int = 8) -> float:
     return float(1e9 / np.median(np.concatenate(intervals)))
 
 
-def crop_resize_frames(
-    frames: np.ndarray, height: int, width: int, region: Sequence[float] | None = None
-) -> torch.Tensor:
-    """uint8 [T, H0, W0, 3] -> float32 [3, T, height, width] in [-1, 1].
-
-    Crops `region` (see `crop_box`; None: the whole image), then the maximal centre crop (whole
-    pixels) to the target aspect, then an antialiased bilinear resize; `crop_resize_camera`
-    gives the matching camera.
-    """
-    x0, y0, cw, ch = crop_box(frames.shape[1], frames.shape[2], height, width, region)
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0 : y0 + ch, x0 : x0 + cw]))
-    x = crop.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if (ch, cw) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
-    return x.clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
-
-
-def crop_resize_camera(
-    camera: Camera, height: int, width: int, region: Sequence[float] | None = None
-) -> Camera:
-    """The camera of `crop_resize_frames`' output (the crop shifts the principal point)."""
-    x0, y0, cw, ch = crop_box(camera.height, camera.width, height, width, region)
-    return camera.cropped(x0, y0, cw, ch).scaled(height, width)
-
-
-def crop_box(
-    src_h: int, src_w: int, height: int, width: int, region: Sequence[float] | None = None
-) -> tuple[int, int, int, int]:
-    """Pixel box (x0, y0, w, h) of the source that becomes the `height` x `width` model input.
-
-    `region` = (x0, y0, w, h) as fractions of the source width and height (the workspace of a
-    cell, so that small objects cover more of a small model input); within it, the maximal
-    centre crop to the target aspect.
-    """
-    rx, ry, rw, rh = 0, 0, src_w, src_h
-    if region is not None:
-        fx, fy, fw, fh = region
-        rx, ry = round(fx * src_w), round(fy * src_h)
-        rw, rh = min(round(fw * src_w), src_w - rx), min(round(fh * src_h), src_h - ry)
-    if rw * height > width * rh:
-        ch, cw = rh, min(rw, round(rh * width / height))
-    else:
-        ch, cw = min(rh, round(rw * height / width)), rw
-    return rx + (rw - cw) // 2, ry + (rh - ch) // 2, cw, ch
-
-
 def clip_indices(
     num_frames: int,
     frames: int,
@@ -118,8 +71,8 @@ class EpisodeClipDataset(torch.utils.data.Dataset):
 
     Item (episode index, seed) -> dict with
     `video` float32 [2, 3, T, H, W] in [-1, 1] (condition view first),
-    `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, docs/reference.md §1, blobs
-    `blob_sigma` x min(H, W) wide),
+    `action_images` float32 [2, 3, T, H, W] in [-1, 1] (rendered tool poses, docs/reference.md
+    §1, blobs `blob_sigma` x min(H, W) wide),
     `K` float64 [2, T, 3, 3] and `c2w` float64 [2, T, 4, 4] (cameras at H x W per clip frame;
     moving cameras, e.g. on the wrist, change along T),
     `poses` float64 [T, 7], `instruction` str ("" after text dropout), `seed` int64,

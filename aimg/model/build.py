@@ -77,3 +77,17 @@ def build_text_encoder(cfg: ModelConfig):
             f"text_dim is {cfg.transformer.text_dim}"
         )
     return encoder
+
+
+def cast_model(model: WorldActionModel, dtype) -> WorldActionModel:
+    """Cast parameters to `dtype` in place, keeping those diffusers keeps in float32 (time
+    embedder, modulation tables, norms) in float32, as `from_pretrained(torch_dtype=...)`
+    does; the forward upcasts where it needs to. RoPE tables are rebuilt exactly."""
+    import torch
+
+    keep = set(model._keep_in_fp32_modules or ()) if dtype != torch.float32 else set()
+    for name, param in model.named_parameters():
+        target = torch.float32 if keep & set(name.split(".")) else dtype
+        param.data = param.data.to(target)
+    model.rebuild_rope(next(model.parameters()).device)
+    return model

@@ -1,10 +1,10 @@
 """Clean conditioning latents for sampling: what each task is given, packed with its mask.
 
 At inference the current RGB frame and the current-pose action image of each view are the
-first pixel frame of otherwise empty segments (docs/reference.md §6). Latent frame 0 holds pixel frame 0
-alone (causal Wan VAE, and the pixel codec by construction), so encoding that one frame gives
-exactly the conditioning latent. Whole segments (v2a: videos; a2v: action videos) are encoded
-in full.
+first pixel frame of otherwise empty segments (docs/reference.md §6). Latent frame 0 holds
+pixel frame 0 alone (causal Wan VAE, and the pixel codec by construction), so encoding that one
+frame gives exactly the conditioning latent. Whole segments (v2a: videos; a2v: action videos)
+are encoded in full.
 """
 
 from __future__ import annotations
@@ -71,3 +71,26 @@ def conditioning_latents(
             )
     packed = pack_latents(video_lat, action_lat)
     return packed, conditioning_mask(task, views, latent_frames)
+
+
+def joint_conditioning(
+    frame_latents: torch.Tensor, action_latents: torch.Tensor, latent_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed clean latents [B, C, F, h, w] and mask [F] of the joint task (i2va) from the
+    already encoded current frames and current action images, each [B, V, C, h, w].
+
+    The same layout `conditioning_latents` builds for Task.JOINT, for callers that encode with
+    a compiled graph rather than a `LatentCodec`.
+    """
+    if frame_latents.shape != action_latents.shape or frame_latents.ndim != 5:
+        raise ValueError(
+            f"frame and action latents must both be [B, V, C, h, w], got "
+            f"{tuple(frame_latents.shape)} and {tuple(action_latents.shape)}"
+        )
+    batch, views, channels, h, w = frame_latents.shape
+    shape = (batch, views, channels, latent_frames, h, w)
+    video = frame_latents.new_zeros(shape)
+    action = frame_latents.new_zeros(shape)
+    video[:, :, :, 0] = frame_latents
+    action[:, :, :, 0] = action_latents
+    return pack_latents(video, action), conditioning_mask(Task.JOINT, views, latent_frames)

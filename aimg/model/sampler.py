@@ -74,10 +74,14 @@ def _timestep(sigma: float, batch: int, mask: torch.Tensor, per_token: bool, dty
     """[B] (scalar mode) or [B, F] (per-token mode, clean frames t = 0) timesteps 1000·σ."""
     t = torch.full((batch,), sigma * NUM_TRAIN_TIMESTEPS, dtype=torch.float32, device=mask.device)
     if dtype in (torch.bfloat16, torch.float16):
-        t = t.to(dtype).float()  # the reference feeds a bf16-rounded timestep (docs/reference.md §6)
+        t = t.to(dtype).float()  # the reference rounds t to bf16 (docs/reference.md §6)
     if per_token:
         t = t[:, None].expand(batch, mask.shape[-1]).masked_fill(mask.expand(batch, -1), 0.0)
     return t
+
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(x [B, C, F, h, w], t [B] or [B, F], text [B, L, D], cams [B, F, ...]) -> velocity."""
 
 
 @torch.no_grad()
@@ -94,12 +98,55 @@ def sample(
     per_token_timesteps: bool | None = None,
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
 ) -> SampleOutput:
-    """Denoise packed latents.
+    """Denoise packed latents with a torch model (see `flow_sample` for the arguments).
+
+    The model's device and dtype decide where the loop runs and what the model is fed.
+    """
+    if per_token_timesteps is None:
+        per_token_timesteps = getattr(model.config, "timestep_mode", "scalar") == "per_token"
+    param = next(model.parameters())
+    return flow_sample(
+        model,
+        clean_latents,
+        mask,
+        text_embeds,
+        camera_latents,
+        negative_embeds=negative_embeds,
+        sampling=sampling,
+        seed=seed,
+        per_token_timesteps=per_token_timesteps,
+        device=param.device,
+        dtype=param.dtype,
+        callback=callback,
+    )
+
+
+@torch.no_grad()
+def flow_sample(
+    denoise: Denoiser,
+    clean_latents: torch.Tensor,
+    mask: torch.Tensor,
+    text_embeds: torch.Tensor,
+    camera_latents: torch.Tensor,
+    *,
+    negative_embeds: torch.Tensor | None = None,
+    sampling: SamplingConfig | None = None,
+    seed: int | None = None,
+    per_token_timesteps: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_cfg: bool = False,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+) -> SampleOutput:
+    """Denoise packed latents with any denoiser callable: one loop for every backend.
 
     clean_latents: [B, C, F, h, w]; only frames where `mask` ([F] or [B, F], True = clean) is
     set are read. text_embeds / negative_embeds: [B, L, D_text] (negative needed when
     cfg_scale != 1). camera_latents: [B, F, C_cam, h_cam, w_cam]. Noise comes from a CPU
     generator seeded with `seed` (default `sampling.seed`), so results do not depend on device.
+    The state x stays float32 on `device`; the denoiser is fed `dtype`. `batch_cfg` evaluates
+    the conditional and unconditional branches as one batch of 2B (a static-shape graph built
+    for it), else as two calls.
     """
     cfg = sampling or SamplingConfig()
     seed = cfg.seed if seed is None else seed
@@ -113,10 +160,6 @@ def sample(
             f"cfg_scale {cfg.cfg_scale} needs negative_embeds (the encoded negative prompt "
             f"{cfg.negative_prompt!r}); pass them or set cfg_scale to 1"
         )
-    if per_token_timesteps is None:
-        per_token_timesteps = getattr(model.config, "timestep_mode", "scalar") == "per_token"
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(clean_latents.shape, generator=generator, dtype=torch.float32)
@@ -129,6 +172,9 @@ def sample(
     text = text_embeds.to(device=device, dtype=dtype)
     negative = negative_embeds.to(device=device, dtype=dtype) if use_cfg else None
     cams = camera_latents.to(device=device, dtype=dtype)
+    if use_cfg and batch_cfg:
+        both_text = torch.cat([text, negative])
+        both_cams = torch.cat([cams, cams])
     sigmas = sampler_sigmas(cfg.num_steps, cfg.shift, cfg.sigmas).tolist()
     cache = StepCache() if cfg.step_cache else None
     out = SampleOutput(latents=x)
@@ -139,12 +185,18 @@ def sample(
         if run:
             t = _timestep(sigma, batch, token_mask, per_token_timesteps, dtype)
             x_in = x.to(dtype)
-            v = model(x_in, t, text, cams).float()
-            out.model_calls += 1
-            if use_cfg:
-                v_neg = model(x_in, t, negative, cams).float()
-                out.model_calls += 1
+            if use_cfg and batch_cfg:
+                both = denoise(torch.cat([x_in, x_in]), torch.cat([t, t]), both_text, both_cams)
+                v, v_neg = both.float().chunk(2)
+                out.model_calls += 2
                 v = v_neg + cfg.cfg_scale * (v - v_neg)
+            else:
+                v = denoise(x_in, t, text, cams).float()
+                out.model_calls += 1
+                if use_cfg:
+                    v_neg = denoise(x_in, t, negative, cams).float()
+                    out.model_calls += 1
+                    v = v_neg + cfg.cfg_scale * (v - v_neg)
             if cache is not None:
                 cache.update(v)
         else:
@@ -166,7 +218,8 @@ def decode_segments(
 ) -> torch.Tensor:
     """Decode only the segments needed: pixels [B, V, 3, T, H, W] in [-1, 1].
 
-    modality "action" (a policy) or "video"; each segment is decoded on its own (docs/reference.md §6).
+    modality "action" (a policy) or "video"; each segment is decoded on its own
+    (docs/reference.md §6).
     """
     video, action = unpack_latents(latents, num_views, with_actions)
     if modality == "action":

@@ -4,8 +4,9 @@ Parameter names equal diffusers' `WanTransformer3DModel` (so a diffusers Wan2.2 
 state dict loads directly, camera modules then stay at their initial values), plus per block
 `cam_encoder.2` (Linear prod(cam_pool) -> D, zero-initialised) and `projector` (Linear D -> D,
 identity-initialised): at initialisation the model computes exactly the base transformer
-(docs/reference.md §3.4). Block internals (FP32 LayerNorms, modulation order, RoPE, head modulation) are
-diffusers' own modules; only the block forward is ours, to inject the camera vector.
+(docs/reference.md §3.4). Block internals (FP32 LayerNorms, modulation order, RoPE, head
+modulation) are diffusers' own modules; the block forward is ours, to inject the camera vector,
+and so is the attention processor (`aimg.model.attention`), so that the model exports to ONNX.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch import nn
 
+from aimg.model.attention import CameraPool, WanAttentionProcessor
 from aimg.model.schedule import NUM_TRAIN_TIMESTEPS
 
 
 class CameraWanBlock(WanTransformerBlock):
     """A Wan block whose self-attention sees the camera vector of each token's latent frame.
 
-    attn1 input = modulate(norm1(x)) + cam; x += gate_msa * projector(attn1(...)) (docs/reference.md §3.4).
+    attn1 input = modulate(norm1(x)) + cam; x += gate_msa * projector(attn1(...))
+    (docs/reference.md §3.4).
     """
 
     def __init__(
@@ -41,6 +44,8 @@ class CameraWanBlock(WanTransformerBlock):
         eps: float = 1e-6,
     ) -> None:
         super().__init__(dim, ffn_dim, num_heads, "rms_norm_across_heads", True, eps, None)
+        self.attn1.set_processor(WanAttentionProcessor())
+        self.attn2.set_processor(WanAttentionProcessor())
         self.cam_encoder = nn.Sequential(
             nn.AdaptiveAvgPool3d(tuple(cam_pool)),
             nn.Flatten(start_dim=2),
@@ -175,7 +180,7 @@ class WorldActionModel(ModelMixin, ConfigMixin):
         self.condition_embedder = WanTimeTextImageEmbedding(
             dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6, text_embed_dim=text_dim
         )
-        self.camera_pool = nn.Sequential(nn.AdaptiveAvgPool3d(cam_pool), nn.Flatten(start_dim=2))
+        self.camera_pool = CameraPool(cam_pool)
         self.blocks = nn.ModuleList(
             CameraWanBlock(dim, ffn_dim, num_attention_heads, cam_pool, eps)
             for _ in range(num_layers)
@@ -221,6 +226,12 @@ class WorldActionModel(ModelMixin, ConfigMixin):
     @property
     def dim(self) -> int:
         return self.config.num_attention_heads * self.config.attention_head_dim
+
+    def set_decomposed_attention(self, decomposed: bool) -> None:
+        """RMSNorm and attention as elementary ops (ONNX below opset 23) or fused torch ops."""
+        for block in self.blocks:
+            for attn in (block.attn1, block.attn2):
+                attn.processor.decomposed = decomposed
 
     def forward(
         self,

@@ -14,14 +14,12 @@ from aimg.codec import render
 from aimg.episodes import read_episode, write_episode
 from aimg.geometry import Camera
 from aimg.model.packing import Task
+from aimg.observation import crop_box, crop_resize_camera, crop_resize_frames
 from aimg.training.config import DataConfig, TaskMixture
 from aimg.training.dataset import (
     DatasetError,
     EpisodeClipDataset,
     clip_indices,
-    crop_box,
-    crop_resize_camera,
-    crop_resize_frames,
     find_episodes,
 )
 from aimg.training.tasks import draw_task
