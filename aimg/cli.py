@@ -99,9 +99,11 @@ def convert_reference(
     preset: str = typer.Option("configs/official-5b.yaml", help="Preset the checkpoint matches."),
     dtype: str = typer.Option(None, help="fp32 or bf16 (default: keep the file's dtype)."),
 ) -> None:
-    """Convert the released reference checkpoint into an aimg checkpoint directory (docs/reference.md §7).
+    """Convert the released reference checkpoint into an aimg checkpoint directory.
 
-    The .ckpt is read with torch.load(weights_only=True); unexpected or missing keys are listed.
+    The .ckpt holds the reference DiT's weights under the original Wan key names.
+    It is read with torch.load(weights_only=True) and its keys are renamed to aimg's.
+    Unexpected or missing keys are listed, so a wrong file never converts half-way.
     """
     from aimg.model.official import convert_checkpoint_file
 
@@ -115,6 +117,8 @@ def _register_stage_commands() -> None:
             app.add_typer(sub_app, name=entry.name)
         else:
             app.command(name=entry.name)(sub_app)
+    for entry in importlib.metadata.entry_points(group="aimg.bench"):
+        bench_app.command(name=entry.name)(entry.load())
 
 
 def main() -> None:

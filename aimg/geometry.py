@@ -3,9 +3,9 @@
 Conventions (DESIGN.md): metres and radians; the world frame is the robot base frame; cameras
 are OpenCV pinhole (x right, y down, z forward) with `K` in pixels of their own image and `c2w`
 camera-to-base; pixel coordinates (u, v) = (column, row) of the pixel centre, so the pixel index
-equals the coordinate. The reference code's "flipped" cameras and relative poses (docs/reference.md §3.1,
-§3.2) appear only at the boundary that feeds a reference checkpoint: see `to_reference_flipped`,
-`relative_c2w` and `plucker_rays`.
+equals the coordinate. The reference code's "flipped" cameras and relative poses
+(docs/reference.md §3.1, §3.2) appear only at the boundary that feeds a reference checkpoint:
+see `to_reference_flipped`, `relative_c2w` and `plucker_rays`.
 """
 
 from __future__ import annotations
@@ -141,7 +141,9 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> FloatArray:
 def scale_intrinsics(
     K: FloatArray, src_size: tuple[int, int], dst_size: tuple[int, int]
 ) -> FloatArray:
-    """Rescale K from a (height, width) image to another, as the reference does (docs/reference.md §3.5).
+    """Rescale K from a (height, width) image to another, as the reference does.
+
+    See docs/reference.md §3.5.
 
     fx, cx scale by dst_w / src_w and fy, cy by dst_h / src_h (the reference's
     `intrinsics_transform`; it is how `K_64` of the fixtures was made from `K_512`).
@@ -330,7 +332,8 @@ class Camera:
 def flip_reference_convention(K: FloatArray, c2w: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Toggle between OpenCV and the reference "flipped" convention (an involution).
 
-    c2w -> c2w @ diag(-1, -1, 1, 1), fx -> -fx, fy -> -fy (docs/reference.md §3.1). Batched over leading dims.
+    c2w -> c2w @ diag(-1, -1, 1, 1), fx -> -fx, fy -> -fy (docs/reference.md §3.1). Batched over
+    leading dims.
     """
     K = np.array(K, dtype=np.float64)
     c2w = np.array(c2w, dtype=np.float64)
@@ -342,7 +345,9 @@ def flip_reference_convention(K: FloatArray, c2w: FloatArray) -> tuple[FloatArra
 
 
 def relative_c2w(c2w: FloatArray, reference_c2w: FloatArray) -> FloatArray:
-    """Poses relative to a reference camera (docs/reference.md §3.2): inv(reference_c2w) @ c2w, [..., 4, 4].
+    """Poses relative to a reference camera: inv(reference_c2w) @ c2w, [..., 4, 4].
+
+    See docs/reference.md §3.2.
 
     The reference trains with poses relative to the first frame of the condition view.
     """
@@ -357,7 +362,9 @@ def plucker_rays(
     moment_scale: float = 1.0 / 3.0,
     dtype: np.dtype = np.float32,
 ) -> FloatArray:
-    """Plücker ray field of one camera, exactly as the reference computes it (docs/reference.md §3.3).
+    """Plücker ray field of one camera, exactly as the reference computes it.
+
+    See docs/reference.md §3.3.
 
     K: [3, 3] (either convention: a flipped pair gives the same field); c2w: [4, 4] or [3, 4].
     Pixel coordinates are u = j + 0.5, v = i + 0.5 (the reference's choice here, unlike the

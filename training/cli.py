@@ -46,7 +46,10 @@ def train(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm bar on rank 0."),
 ) -> None:
-    """Train a world action model with masked flow matching (docs/reference.md §5).
+    """Train a world action model with masked flow matching.
+
+    The model learns to denoise the video and action latents that are not given
+    (given: the current frames and action images, or whole segments), as the reference trains.
 
     One process:   aimg train --config configs/sim-tiny.yaml
     N processes:   torchrun --standalone --nproc_per_node N -m aimg train --config ...

@@ -46,8 +46,8 @@ class DataConfig:
     `start_at_zero` the clip starts at the first frame (the policy's typical situation), else
     uniformly where the whole clip fits; clips that run past the end repeat the last frame.
     `relative_cameras` gives the model camera poses relative to the condition view, as the
-    reference trains (docs/reference.md §3.2); the default keeps them in the robot base frame, which a
-    static cell makes informative. Inference must use the same choice.
+    reference trains (docs/reference.md §3.2); the default keeps them in the robot base frame,
+    which a static cell makes informative. Inference must use the same choice.
     `crop` = [x0, y0, w, h], fractions of each camera image, is the region the model sees
     (then centre-cropped to the model aspect and resized; None: the whole image). Framing the
     workspace makes small objects cover more pixels of a small model input; inference must crop

@@ -1,4 +1,6 @@
-"""The flow-matching objective of docs/reference.md §5: noising, timestep draws, weights, masked loss.
+"""The flow-matching objective: noising, timestep draws, weights, masked loss.
+
+The reference's objective is described in docs/reference.md §5.
 
 x_t = (1 - σ) x0 + σ ε, target v = ε - x0; conditioning (clean) latent frames are reset to x0
 after noising and excluded from the loss. σ comes from the shifted 1000-step training grid and

@@ -1,9 +1,9 @@
 """The world-action-model objective: a batch of clips -> packed latents -> masked flow loss.
 
-Per step: draw the task (docs/reference.md §5 mixture), encode video and action images with the latent
-codec, pack views and modalities (`aimg.model.packing`), attach cached camera and text
-latents, noise with per-sample seeded noise at the drawn σ and return the weighted, masked
-flow-matching loss. All randomness comes from the run seed, the step and the sample seeds, so
+Per step: draw the task (the mixture of docs/reference.md §5), encode video and action images
+with the latent codec, pack views and modalities (`aimg.model.packing`), attach cached camera
+and text latents, noise with per-sample seeded noise at the drawn σ and return the weighted,
+masked flow-matching loss. All randomness comes from the run seed, the step and the sample seeds, so
 the loss of a global batch does not depend on how it is split over ranks.
 """
 

@@ -1,10 +1,11 @@
-"""A bit-exact replica of the reference decoder (docs/reference.md §2.2-2.4), kept for comparisons only.
+"""A bit-exact replica of the reference decoder, kept for comparisons only.
 
-It reproduces the reference's behaviour including its known bugs (docs/reference.md §2.5): roll is lost
-(only the R and G blobs are used and a direction is returned, not a rotation), the gripper is
-"any blue pixel > 128" (true whenever the up-blob is visible, open or closed), the centroid uses
-index + 0.5 while sampling uses index coordinates, and the ray comes from view 0 only. Use
-`aimg.codec.decode` for real decoding.
+It follows docs/reference.md §2.2-2.4 and reproduces the reference's behaviour including its
+known bugs (docs/reference.md §2.5): roll is lost (only the R and G blobs are used and a
+direction is returned, not a rotation), the gripper is "any blue pixel > 128" (true whenever
+the up-blob is visible, open or closed), the centroid uses index + 0.5 while sampling uses
+index coordinates, and the ray comes from view 0 only. Use `aimg.codec.decode` for real
+decoding.
 
 Why torch float32 and not NumPy: on uint8 frames the product score along the ray is exactly
 flat over 2-4 samples wherever both views read saturated (255) pixels, so the winner is decided
@@ -86,7 +87,9 @@ def _fuse_channel(
 def reference_ray_scores(
     heat: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, near: float, far: float, samples: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's candidates on the view-0 centroid ray and their scores (docs/reference.md §2.2).
+    """The reference's candidates on the view-0 centroid ray and their scores.
+
+    See docs/reference.md §2.2.
 
     heat: [T, V, H, W] float32 in [0, 1], contiguous; K [V, 3, 3] and c2w [V, 3, 4] float32.
     Returns candidates [T, samples, 3] (metres) and score [T, samples] = product over views of
@@ -152,7 +155,9 @@ def _image_sum(images: torch.Tensor) -> torch.Tensor:
 
 
 def _edge_smooth(points: torch.Tensor, heat: np.ndarray, edge_threshold: float) -> torch.Tensor:
-    """Replace frames whose argmax pixel is within the border band in any view (docs/reference.md §2.2.8).
+    """Replace frames whose argmax pixel is within the border band in any view.
+
+    The reference's optional edge smoothing, docs/reference.md §2.2.8.
 
     points [T, 3] float32; heat [T, V, H, W] (any dtype; only its first argmax is used).
     """

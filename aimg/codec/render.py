@@ -1,4 +1,6 @@
-"""Action-image rendering: 7-DoF actions -> per-view images of three Gaussian blobs (docs/reference.md §1).
+"""Action-image rendering: 7-DoF actions -> per-view images of three Gaussian blobs.
+
+The reference encoder is described in docs/reference.md §1.
 
 Reference-exact in float32: R = tool position, G = p + 0.1·R·e_x, B = p - 0.1·R·e_z; each an
 unnormalised Gaussian (peak 1) with sigma = 0.05·min(H, W) pixels, centred at pixel-index
@@ -29,8 +31,9 @@ AXIS_LENGTH = 0.1
 """Distance (m) from the tool position to the G and B points (the reference's `length`)."""
 
 SIGMA_FRACTION = 0.05
-"""Blob sigma as a fraction of min(H, W) (docs/reference.md §1.4). Other values are an aimg extension for
-small models (see `ModelConfig.blob_sigma`); decode with the fraction the images were drawn at."""
+"""Blob sigma as a fraction of min(H, W) (docs/reference.md §1.4). Other values are an aimg
+extension for small models (see `ModelConfig.blob_sigma`); decode with the fraction the images
+were drawn at."""
 
 BLUE_FLOOR = 0.25
 """Blue keeps the up-Gaussian only above this level; below it holds 0.25·[open]."""

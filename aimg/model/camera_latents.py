@@ -1,4 +1,6 @@
-"""Camera latents: Plücker ray fields (docs/reference.md §3.3) encoded by the latent codec, with a cache.
+"""Camera latents: Plücker ray fields encoded by the latent codec, with a cache.
+
+The ray fields are the reference's (docs/reference.md §3.3).
 
 Per view the direction field and the moment field (already /3) are each treated as a 3-channel
 video in roughly [-1, 1], encoded like RGB, and concatenated along channels:

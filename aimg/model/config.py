@@ -130,9 +130,9 @@ class ModelConfig:
     """The `model:` section: transformer, codec, text encoder and sample geometry.
 
     `blob_sigma` is the action-image blob width as a fraction of min(H, W) (the reference's
-    0.05, docs/reference.md §1.4). A small model whose 16 px tokens are far wider than a 0.05 blob (3.2 px at
-    64 px; the reference's blobs span ~1.6 tokens) learns where blobs go much more easily with
-    wider ones; data rendering and decoding follow this value.
+    0.05, docs/reference.md §1.4). A small model whose 16 px tokens are far wider than a 0.05
+    blob (3.2 px at 64 px; the reference's blobs span ~1.6 tokens) learns where blobs go much
+    more easily with wider ones; data rendering and decoding follow this value.
     """
 
     transformer: TransformerConfig
@@ -179,7 +179,10 @@ class ModelConfig:
 
     @property
     def cam_channels(self) -> int:
-        """Camera-latent channels: Plücker direction and moment, each encoded (docs/reference.md §3.3)."""
+        """Camera-latent channels: Plücker direction and moment, each encoded.
+
+        See docs/reference.md §3.3.
+        """
         return 2 * self.codec.channels
 
     @property
@@ -211,7 +214,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Default sampler set-up (docs/reference.md §6); `sigmas` overrides the shifted uniform grid."""
+    """Default sampler set-up (docs/reference.md §6).
+
+    `sigmas` overrides the shifted uniform grid.
+    """
 
     num_steps: int = 50
     shift: float = 5.0

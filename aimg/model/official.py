@@ -1,8 +1,8 @@
-"""Convert the reference ActionImages checkpoint (original Wan key names) into ours (docs/reference.md §7).
+"""Convert the reference ActionImages checkpoint (original Wan key names) into ours.
 
 The reference `.ckpt` is `torch.save(dit.state_dict())`; it is read here, and only here, with
-`torch.load(weights_only=True)`. Keys are renamed with the docs/reference.md §7 table; anything unexpected or
-missing is an error that lists the keys, so a wrong file never loads half-way.
+`torch.load(weights_only=True)`. Keys are renamed with the docs/reference.md §7 table; anything
+unexpected or missing is an error that lists the keys, so a wrong file never loads half-way.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def _check_keys(given: set[str], expected: set[str], what: str) -> None:
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:5]}")
         raise CheckpointKeyError(
-            f"{what}: {'; '.join(parts)}. Is this an ActionImages DiT checkpoint (docs/reference.md §7) "
-            "with the camera branch (cam_encoder, projector) in every block?"
+            f"{what}: {'; '.join(parts)}. Is this an ActionImages DiT checkpoint "
+            "(docs/reference.md §7) with the camera branch (cam_encoder, projector) in every block?"
         )
 
 

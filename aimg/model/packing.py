@@ -1,4 +1,6 @@
-"""Packing of views and modalities along latent frames, and the conditioning masks (docs/reference.md §4.3-4.4).
+"""Packing of views and modalities along latent frames, and the conditioning masks.
+
+The reference's layout and masks are described in docs/reference.md §4.3-4.4.
 
 Joint layout (view-major, video before action): [v0 video, v0 action, v1 video, v1 action, ...],
 each segment T_l latent frames. Video-only layout: [v0 video, v1 video, ...]. No view or
@@ -71,7 +73,10 @@ def unpack_latents(
 
 
 def conditioning_mask(task: Task | str, num_views: int, latent_frames: int) -> torch.Tensor:
-    """bool [F]: True for clean conditioning latent frames (loss excluded), per docs/reference.md §4.4."""
+    """bool [F]: True for clean conditioning latent frames (loss excluded).
+
+    Per task as in docs/reference.md §4.4.
+    """
     task = Task(task)
     with_actions = task.with_actions
     mask = torch.zeros(num_segments(num_views, with_actions) * latent_frames, dtype=torch.bool)

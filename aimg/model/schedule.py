@@ -1,4 +1,7 @@
-"""Flow-matching noise schedules (docs/reference.md §5, §6): x_t = (1 - σ) x0 + σ ε, timestep = 1000 σ."""
+"""Flow-matching noise schedules: x_t = (1 - σ) x0 + σ ε, timestep = 1000 σ.
+
+The reference's training and sampling grids are described in docs/reference.md §5 and §6.
+"""
 
 from __future__ import annotations
 

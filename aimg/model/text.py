@@ -1,7 +1,7 @@
 """Text encoders: prompts -> [B, L, D_text] embeddings, zero past each prompt's length.
 
-- `UMT5TextEncoder`: the reference's umT5 encoder (docs/reference.md §4.2) from a local directory holding
-  the encoder weights and its tokenizer; 512 tokens, padded and truncated.
+- `UMT5TextEncoder`: the reference's umT5 encoder (docs/reference.md §4.2) from a local
+  directory holding the encoder weights and its tokenizer; 512 tokens, padded and truncated.
 - `HashTextEncoder`: the built-in encoder of our small models. Words (lower-cased, split on
   non-alphanumerics) map to fixed unit-variance vectors derived from a BLAKE2b hash, plus a
   sinusoidal position code, so it needs no vocabulary, no weights and no download, and gives the

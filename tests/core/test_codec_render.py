@@ -1,4 +1,7 @@
-"""Specification of aimg.codec.render: the reference encoder, reproduced exactly (docs/reference.md §1)."""
+"""Specification of aimg.codec.render: the reference encoder, reproduced exactly.
+
+The encoder is described in docs/reference.md §1.
+"""
 
 from __future__ import annotations
 

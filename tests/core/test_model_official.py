@@ -1,4 +1,7 @@
-"""Converter of reference (Wan-named) checkpoints: the full docs/reference.md §7 key set, both directions."""
+"""Converter of reference (Wan-named) checkpoints: the full key set, both directions.
+
+The key set and its mapping are the table of docs/reference.md §7.
+"""
 
 from __future__ import annotations
 

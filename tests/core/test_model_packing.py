@@ -1,4 +1,7 @@
-"""Packing of views and modalities along latent frames, and the task masks (docs/reference.md §4.3-4.4)."""
+"""Packing of views and modalities along latent frames, and the task masks.
+
+The reference's layout and masks are described in docs/reference.md §4.3-4.4.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The flow-matching objective of docs/reference.md §5: timesteps, weights, noising and the masked loss."""
+"""The flow-matching objective: timesteps, weights, noising and the masked loss.
+
+The reference's objective is described in docs/reference.md §5.
+"""
 
 from __future__ import annotations
 
