@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aimg.geometry import Camera
+from aimg.geometry import Camera, intrinsics_matrix, look_at
 
 
 def crop_resize_frames(
@@ -157,3 +157,22 @@ def prepare_observation(
         action_images=action_images.float() * 2.0 - 1.0,
         cameras=model_cameras,
     )
+
+
+def synthetic_observation(spec: InputSpec, seed: int = 0) -> ModelObservation:
+    """A fixed stand-in observation for benchmarks and numeric parity checks: up to four
+    128 px cameras looking at the workspace, a noisy grey scene, the tool above the table.
+    It exercises every input of a model; it is no scene a model was trained on."""
+    rng = np.random.default_rng(seed)
+    K = intrinsics_matrix(110.0, 110.0, 63.5, 63.5)
+    target = np.array([0.45, 0.0, 0.05])
+    eyes = [(0.5, 0.6, 0.5), (0.5, -0.6, 0.5), (1.0, 0.0, 0.6), (0.1, 0.0, 0.8)]
+    cameras = [
+        Camera(K, look_at(np.array(eyes[v % len(eyes)]), target), 128, 128)
+        for v in range(spec.views)
+    ]
+    images = [
+        np.clip(rng.normal(110.0, 10.0, (128, 128, 3)), 0, 255).astype(np.uint8) for _ in cameras
+    ]
+    pose = np.array([0.35, 0.0, 0.25, np.pi, 0.0, 0.0, 1.0])
+    return prepare_observation(images, cameras, pose, spec)

@@ -15,7 +15,7 @@ import dataclasses
 import datetime
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +117,13 @@ def export_artifact(
     opset: int = 20,
     instructions: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    graphs: Sequence[str] = GRAPH_NAMES,
 ) -> Manifest:
-    """Export `checkpoint` into `out_dir` (see the module docstring); returns the manifest."""
-    from aimg.export.codec_graphs import codec_modules
+    """Export `checkpoint` into `out_dir` (see the module docstring); returns the manifest.
+
+    `graphs` limits the export to some graphs (e.g. only the denoiser, to check a large model
+    without its VAE); the runtime needs all four.
+    """
     from aimg.export.graphs import (
         TORCH_DTYPES,
         GraphModule,
@@ -130,6 +134,9 @@ def export_artifact(
     )
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    unknown = sorted(set(graphs) - set(GRAPH_NAMES))
+    if unknown or not graphs:
+        raise ExportError(f"graphs must be among {list(GRAPH_NAMES)}, got {list(graphs)}")
     config = read_checkpoint_config(checkpoint)
     profile = parse_profile(profile_text, config)
     loaded = load_checkpoint(checkpoint)
@@ -139,28 +146,13 @@ def export_artifact(
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until written again
 
     model = cast_model(loaded.model, dtype).eval()
-    codec = build_latent_codec(cfg)
-    if dtype != torch.float32:
-        codec.to(dtype=dtype)
-    modules = codec_modules(codec, cfg.frames, cfg.latent_frames)
-    generator = torch.Generator().manual_seed(0)
-    batches = {"frame_encoder": 2 * cfg.views, "video_encoder": 2 * cfg.views}
-    graphs: dict[str, GraphModule] = {"denoiser": denoiser_graph(model, cfg, profile, dtype)}
-    io_names = {
-        "frame_encoder": (["pixels"], ["latents"]),
-        "video_encoder": (["videos"], ["latents"]),
-        "action_decoder": (["latents"], ["pixels"]),
-    }
-    for name, module in modules.items():
-        n = batches.get(name, cfg.views)
-        inputs = tuple(
-            x.to(dtype) for x in module.example_inputs(n, cfg.height, cfg.width, generator)
-        )
-        graphs[name] = GraphModule(module, inputs, *io_names[name])
+    modules: dict[str, GraphModule] = {"denoiser": denoiser_graph(model, cfg, profile, dtype)}
+    if set(graphs) - {"denoiser"}:
+        modules.update(_codec_graphs(cfg, dtype))
 
     specs: dict[str, GraphSpec] = {}
-    for name in GRAPH_NAMES:
-        graph = graphs[name]
+    for name in (g for g in GRAPH_NAMES if g in graphs):
+        graph = modules[name]
         if progress is not None:
             progress(name)
         path = out_dir / f"{name}.onnx"
@@ -192,6 +184,31 @@ def export_artifact(
     )
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _codec_graphs(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """Frame encoder (2V images: frames and action images), video encoder (2V Plücker videos:
+    direction and moment per view) and action decoder (V segments) with example inputs."""
+    from aimg.export.codec_graphs import codec_modules
+    from aimg.export.graphs import GraphModule
+
+    codec = build_latent_codec(cfg)
+    if dtype != torch.float32:
+        codec.to(dtype=dtype)
+    modules = codec_modules(codec, cfg.frames, cfg.latent_frames)
+    generator = torch.Generator().manual_seed(0)
+    batches = {"frame_encoder": 2 * cfg.views, "video_encoder": 2 * cfg.views}
+    io_names = {
+        "frame_encoder": (["pixels"], ["latents"]),
+        "video_encoder": (["videos"], ["latents"]),
+        "action_decoder": (["latents"], ["pixels"]),
+    }
+    out = {}
+    for name, module in modules.items():
+        n = batches.get(name, cfg.views)
+        example = module.example_inputs(n, cfg.height, cfg.width, generator)
+        out[name] = GraphModule(module, tuple(x.to(dtype) for x in example), *io_names[name])
+    return out
 
 
 def _output_specs(path: Path) -> list[TensorSpec]:

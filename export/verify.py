@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from aimg.artifacts import Manifest, check_source, read_manifest
-from aimg.geometry import Camera, euler_xyz_to_matrix, intrinsics_matrix, look_at
-from aimg.observation import ModelObservation, prepare_observation
+from aimg.geometry import euler_xyz_to_matrix, rotation_angle_between
+from aimg.observation import ModelObservation, prepare_observation, synthetic_observation
 
 # Pass marks of the report. fp32 graphs must match torch to float32 rounding; fp16 graphs
 # carry 10-bit mantissas through every layer, so only a looser bound is meaningful.
@@ -91,18 +91,6 @@ def graph_parity(
     return report
 
 
-def synthetic_observation(spec, seed: int = 0) -> tuple[ModelObservation, np.ndarray]:
-    """A flat 128 px scene seen by two cameras on the workspace, and a tool pose above it."""
-    rng = np.random.default_rng(seed)
-    K = intrinsics_matrix(110.0, 110.0, 63.5, 63.5)
-    target = np.array([0.45, 0.0, 0.05])
-    eyes = [(0.5, 0.6, 0.5), (0.5, -0.6, 0.5), (1.0, 0.0, 0.6), (0.1, 0.0, 0.8)]
-    cameras = [Camera(K, look_at(np.array(eyes[v % 4]), target), 128, 128) for v in range(spec.views)]
-    images = [np.clip(rng.normal(110, 10, (128, 128, 3)), 0, 255).astype(np.uint8) for _ in cameras]
-    pose = np.array([0.35, 0.0, 0.25, np.pi, 0.0, 0.0, 1.0])
-    return prepare_observation(images, cameras, pose, spec), pose
-
-
 def episode_observation(path: Path, spec) -> tuple[ModelObservation, str]:
     """Frame 0 of a recorded episode (its first views, calibration, tool pose, instruction)."""
     from aimg.episodes import read_episode
@@ -126,7 +114,6 @@ def plan_parity(
 ) -> dict[str, Any]:
     """A whole plan from the same noise through torch (fp32) and onnxruntime (CPU)."""
     from aimg.codec.decode import decode
-    from aimg.geometry import rotation_angle_between
     from aimg.runtime.backends import load
 
     reference = load(checkpoint, "torch", threads=threads)
@@ -135,7 +122,7 @@ def plan_parity(
         obs, recorded = episode_observation(Path(episode), compiled.spec)
         instruction = instruction or recorded
     else:
-        obs, _ = synthetic_observation(compiled.spec, seed)
+        obs = synthetic_observation(compiled.spec, seed)
         instruction = instruction or "reach the red cube"
     ours = compiled.plan(obs, instruction, seed=seed)
     theirs = reference.plan(obs, instruction, seed=seed)
@@ -156,7 +143,9 @@ def plan_parity(
     if both.any():
         position = np.linalg.norm(a[both, :3] - b[both, :3], axis=1) * 1000.0
         rotation = np.degrees(
-            rotation_angle_between(euler_xyz_to_matrix(a[both, 3:6]), euler_xyz_to_matrix(b[both, 3:6]))
+            rotation_angle_between(
+                euler_xyz_to_matrix(a[both, 3:6]), euler_xyz_to_matrix(b[both, 3:6])
+            )
         )
         report["decoded_actions"] = {
             "position_max_mm": float(position.max()),
@@ -183,7 +172,13 @@ def verify_artifact(
     tolerance = TOLERANCES.get(precision, TOLERANCES["fp16"])
     graphs = graph_parity(artifact, manifest, checkpoint, threads)
     plan = plan_parity(
-        artifact, manifest, checkpoint, Path(episode) if episode else None, instruction, seed, threads
+        artifact,
+        manifest,
+        checkpoint,
+        Path(episode) if episode else None,
+        instruction,
+        seed,
+        threads,
     )
     failures = [
         f"{name}: max_rel {r['max_rel']:.2e} > {tolerance['graph_max_rel']:.0e}"

@@ -17,25 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from aimg.geometry import Camera, intrinsics_matrix, look_at
-from aimg.observation import prepare_observation
+from aimg.observation import synthetic_observation
 
 REFERENCE_H100_S_PER_EVAL = 49.1 / 100  # paper Table 7: 50 steps with CFG on one H100
-
-
-def bench_observation(spec, seed: int = 0):
-    """A fixed synthetic observation (two workspace cameras, a textured scene, a tool pose)."""
-    rng = np.random.default_rng(seed)
-    K = intrinsics_matrix(110.0, 110.0, 63.5, 63.5)
-    target = np.array([0.45, 0.0, 0.05])
-    eyes = [(0.5, 0.6, 0.5), (0.5, -0.6, 0.5), (1.0, 0.0, 0.6), (0.1, 0.0, 0.8)]
-    cams = [Camera(K, look_at(np.array(eyes[v % 4]), target), 128, 128) for v in range(spec.views)]
-    images = [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in cams]
-    pose = np.array([0.35, 0.0, 0.25, np.pi, 0.0, 0.0, 1.0])
-    return prepare_observation(images, cams, pose, spec)
 
 
 def _median(values: list[float]) -> float:
@@ -65,7 +51,7 @@ def run_policy_benchmark(
             )
         opened[name] = load(path, name, device=device, threads=threads, checkpoint=checkpoint)
     first = next(iter(opened.values()))
-    obs = bench_observation(first.spec)
+    obs = synthetic_observation(first.spec)
     for backend in opened.values():  # warm-up: camera latents, text, allocator, kernels
         backend.plan(obs, instruction, seed=0)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in opened}
