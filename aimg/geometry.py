@@ -1,9 +1,9 @@
 """Cameras, rotations and Plücker rays in aimg's conventions, plus the reference converters.
 
-Conventions (README.md, "Layout"): metres and radians; the world frame is the robot base frame; cameras
-are OpenCV pinhole (x right, y down, z forward) with `K` in pixels of their own image and `c2w`
-camera-to-base; pixel coordinates (u, v) = (column, row) of the pixel centre, so the pixel index
-equals the coordinate. The reference code's "flipped" cameras and relative poses
+Conventions (README.md, "Layout"): metres and radians; the world frame is the robot base frame;
+cameras are OpenCV pinhole (x right, y down, z forward) with `K` in pixels of their own image
+and `c2w` camera-to-base; pixel coordinates (u, v) = (column, row) of the pixel centre, so the
+pixel index equals the coordinate. The reference code's "flipped" cameras and relative poses
 (docs/reference.md §3.1, §3.2) appear only at the boundary that feeds a reference checkpoint:
 see `to_reference_flipped`, `relative_c2w` and `plucker_rays`.
 """
