@@ -231,6 +231,7 @@ def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; engines are read by other users too
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -325,6 +325,7 @@ def test_timing_cache_file_is_read_if_present_and_written_atomically(tmp_path):
     write_bytes_atomic(path, b"second, longer")
     assert read_timing_cache(path) == b"second, longer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["timing.cache"]  # no temporaries
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_an_interrupted_write_leaves_the_old_file(tmp_path):
