@@ -5,7 +5,9 @@ setup:
 	scripts/setup.sh
 
 demo: setup
-	.venv/bin/aimg bench codec
+	.venv/bin/aimg export onnx assets/sim-tiny --out runs/artifacts/sim-tiny
+	.venv/bin/aimg export check runs/artifacts/sim-tiny > runs/artifacts/sim-tiny/check.json
+	.venv/bin/aimg bench policy --artifact runs/artifacts/sim-tiny --repeats 3
 
 test: setup
 	.venv/bin/python -m pytest -n 2 --dist loadgroup
