@@ -204,6 +204,7 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the service may run as another user
         os.replace(tmp, directory / MANIFEST_NAME)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import shutil
 
 import onnx
 import pytest
-from conftest import INSTRUCTIONS, SIM_TINY, export_sim_tiny
+from artifact_fixtures import INSTRUCTIONS, SIM_TINY, export_sim_tiny
 from safetensors.torch import load_file
 
 from aimg.artifacts import GRAPH_NAMES, ArtifactError, read_manifest

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import SIM_TINY
+from artifact_fixtures import SIM_TINY
 
 from aimg.artifacts import ArtifactError, read_manifest, write_manifest
 from aimg.model.build import build_latent_codec

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SIM_TINY
+from artifact_fixtures import SIM_TINY
 
 from aimg.runtime.bench import official_step_benchmark, run_policy_benchmark
 
