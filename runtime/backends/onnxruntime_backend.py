@@ -41,6 +41,7 @@ class OnnxRuntimeBackend(PlanBackend):
         manifest: Manifest | None = None,
         device_id: int = 0,
         trt_fp16: bool = True,
+        spin: bool = True,
     ) -> None:
         ort = require("onnxruntime", "gpu" if provider != "cpu" else "dev", "onnxruntime")
         if provider not in PROVIDERS:
@@ -65,9 +66,9 @@ class OnnxRuntimeBackend(PlanBackend):
             check_onnxruntime_cpu_precision(self.manifest)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No spin-waiting between runs: the Euler update and the next frame's preprocessing
-        # run on the same cores right after each call.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin between ops (fast for graphs of many small ops); turn it off when
+        # the planner shares its cores with other busy processes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
