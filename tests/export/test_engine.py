@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import typer
 from onnx import TensorProto, helper
+from tensorrt_standin import StandInEngine
 from torch import nn
 from typer.testing import CliRunner
 
@@ -644,32 +645,14 @@ class _FakeTensorRT(ModuleType):
                 fake.calls.append(("build", graph, network.flags, tuple(config.flags)))
                 return json.dumps({"graph": graph}).encode()
 
-        class Engine:
-            def __init__(self, plan: bytes) -> None:
-                self.io = [("x", (1, 4), "HALF", "INPUT"), ("y", (1, 4), "FLOAT", "OUTPUT")]
-                self.num_io_tensors = len(self.io)
-
-            def _get(self, name: str) -> tuple:
-                return next(t for t in self.io if t[0] == name)
-
-            def get_tensor_name(self, index: int) -> str:
-                return self.io[index][0]
-
-            def get_tensor_shape(self, name: str) -> tuple:
-                return self._get(name)[1]
-
-            def get_tensor_dtype(self, name: str) -> SimpleNamespace:
-                return SimpleNamespace(name=self._get(name)[2])
-
-            def get_tensor_mode(self, name: str) -> str:
-                return self._get(name)[3]
-
         class Runtime:
             def __init__(self, logger: Logger) -> None:
                 pass
 
-            def deserialize_cuda_engine(self, plan) -> Engine:
-                return Engine(bytes(plan))
+            def deserialize_cuda_engine(self, plan) -> StandInEngine:
+                return StandInEngine(
+                    [("x", (1, 4), "HALF", "INPUT"), ("y", (1, 4), "FLOAT", "OUTPUT")]
+                )
 
         self.Logger, self.IProgressMonitor, self.Builder = Logger, IProgressMonitor, Builder
         self.OnnxParser, self.Runtime = OnnxParser, Runtime

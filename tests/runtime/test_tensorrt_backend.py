@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tensorrt_standin import StandInEngine
 
 from aimg.artifacts import (
     ArtifactError,
@@ -259,34 +260,9 @@ def test_a_whole_plan_runs_and_follows_onnxruntime(backend, engines_artifact):
 
 
 # -- engine I/O, read through a stand-in for TensorRT's engine -------------------------------------
-class _FakeEngine:
-    def __init__(self, io: list[tuple[str, tuple, str, str]]) -> None:
-        self.io = io
-        self.num_io_tensors = len(io)
-        self.shapes: dict[str, tuple] = {}
-
-    def _get(self, name: str) -> tuple:
-        return next(t for t in self.io if t[0] == name)
-
-    def get_tensor_name(self, index: int) -> str:
-        return self.io[index][0]
-
-    def get_tensor_shape(self, name: str) -> tuple:
-        return self._get(name)[1]
-
-    def get_tensor_dtype(self, name: str) -> SimpleNamespace:
-        return SimpleNamespace(name=self._get(name)[2])
-
-    def get_tensor_mode(self, name: str) -> str:
-        return self._get(name)[3]
-
-    def create_execution_context(self) -> SimpleNamespace:
-        return SimpleNamespace(set_input_shape=self.shapes.__setitem__)
-
-
 def _engine(tmp_path: Path, io: list[tuple[str, tuple, str, str]]) -> _Engine:
     fake_trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"))
-    runtime = SimpleNamespace(deserialize_cuda_engine=lambda plan: _FakeEngine(io))
+    runtime = SimpleNamespace(deserialize_cuda_engine=lambda plan: StandInEngine(io))
     path = tmp_path / "denoiser.fp16.sm90.trt10.3.0.engine"
     path.write_bytes(b"plan")
     return _Engine(fake_trt, runtime, path, "denoiser", ["latents", "timestep", "text", "cameras"])
