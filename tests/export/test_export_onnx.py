@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from aimg.artifacts import GRAPH_NAMES, ArtifactError, read_manifest
 from aimg.export.check import check_artifact
-from aimg.export.onnx_export import ExportError, parse_profile
+from aimg.export.onnx_export import ExportError, export_artifact, parse_profile
 from aimg.export.verify import verify_artifact
 
 pytestmark = pytest.mark.xdist_group("sim_tiny_export")
@@ -102,3 +102,22 @@ def test_profiles_default_to_the_checkpoint_and_refuse_what_cannot_export():
         parse_profile("resolution=64", config)
     guided = {**config, "sampling": {**config["sampling"], "cfg_scale": 3.0}}
     assert parse_profile(None, guided).batch == 2
+
+
+def test_graphs_over_the_protobuf_limit_keep_their_weights_beside_them(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    import aimg.export.graphs as graphs
+
+    monkeypatch.setattr(graphs, "EXTERNAL_DATA_BYTES", 0)  # treat sim-tiny as a 2 GB model
+    artifact = tmp_path / "external"
+    export_artifact(SIM_TINY, artifact, graphs=("denoiser",))
+    denoiser = read_manifest(artifact).graphs["denoiser"]
+    assert [f.file for f in denoiser.external_data] == ["denoiser.onnx.data"]
+    assert (artifact / "denoiser.onnx").stat().st_size < denoiser.external_data[0].size
+    session = ort.InferenceSession(str(artifact / "denoiser.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["latents", "timestep", "text", "cameras"]
+    with open(artifact / "denoiser.onnx.data", "r+b") as handle:
+        handle.write(b"\1\2\3\4")
+    with pytest.raises(ArtifactError, match="weights"):
+        read_manifest(artifact)
