@@ -31,7 +31,7 @@ def crop_resize_frames(
     gives the matching camera.
     """
     x0, y0, cw, ch = crop_box(frames.shape[1], frames.shape[2], height, width, region)
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0 : y0 + ch, x0 : x0 + cw]))
+    crop = torch.from_numpy(np.require(frames[:, y0 : y0 + ch, x0 : x0 + cw], requirements="CW"))
     x = crop.permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if (ch, cw) != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from aimg.config import from_dict
-from aimg.geometry import Camera
 from aimg.model.schedule import NUM_TRAIN_TIMESTEPS
 from aimg.training import checkpointing as ckpt
 from aimg.training.config import DataConfig, TrainConfig
@@ -154,26 +153,47 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` on the first `num_episodes` episodes under `data`.
 
-    `num_steps` and `cfg_scale` replace the checkpoint's sampling settings when given.
+    Each start state goes through the runtime's path: `aimg.observation.prepare_observation`
+    (frame 0 of the first model-many views, their calibration, the recorded tool pose) and the
+    torch backend's `plan` (`aimg.runtime.backends`), so what is scored is what the robot would
+    run. `num_steps` and `cfg_scale` replace the checkpoint's sampling settings when given.
     `samples` > 1 draws that many plans per start state (different noise seeds) and scores the
     consensus draw (`consensus_draw`), as a planner that samples a batch of plans would.
     Returns {"summary": {...}, "episodes": [...]} and writes `report.json` plus
     `sheet_XXX.png` contact sheets into `out_dir` (default `<run>/eval/<step>`, outside the
-    checkpoint directory, which training may prune).
+    checkpoint directory, which training may prune). `batch_size` is unused (plans are drawn
+    one start at a time, as the robot does) and kept for callers.
     """
     from PIL import Image
 
     from aimg.codec.decode import decode
-    from aimg.model.packing import Task
-    from aimg.model.sampler import decode_segments, sample
-    from aimg.training.objective import batch_cameras
+    from aimg.codec.render import render
+    from aimg.episodes import read_episode
+    from aimg.observation import prepare_observation
+    from aimg.runtime.backends.torch_backend import TorchBackend
+    from aimg.training.dataset import DatasetError, find_episodes
+    from aimg.training.distributed import resolve_device, set_cpu_threads
 
-    ev = _open_evaluation(checkpoint, data, num_episodes, device)
-    step_dir, dev, paths, dataset = ev.step_dir, ev.device, ev.paths, ev.dataset
-    codec, text, objective = ev.codec, ev.text, ev.objective
-    model, mcfg, sampling = ev.loaded.model, ev.loaded.model_config, ev.loaded.sampling
+    step_dir = resolve_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    backend = TorchBackend(step_dir, device=dev)
+    mcfg, spec = backend.model_config, backend.spec
+    tcfg = from_dict(
+        TrainConfig, backend.config.get("extra", {}).get("train", {}), f"{step_dir}: extra.train"
+    )
+    dcfg = from_dict(
+        DataConfig, backend.config.get("extra", {}).get("data", {}), f"{step_dir}: extra.data"
+    )
+    if dev.type == "cpu":
+        set_cpu_threads(tcfg.cpu_threads)
+    try:
+        paths = find_episodes(data)[:num_episodes]
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
     changes = {"num_steps": num_steps, "cfg_scale": cfg_scale}
-    sampling = dataclasses.replace(sampling, **{k: v for k, v in changes.items() if v is not None})
+    sampling = dataclasses.replace(
+        backend.sampling, **{k: v for k, v in changes.items() if v is not None}
+    )
     if out_dir is None:
         in_run = step_dir.parent.name == "checkpoints"
         out_dir = step_dir.parent.parent / "eval" / step_dir.name if in_run else step_dir / "eval"
@@ -181,58 +201,46 @@ def evaluate_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[dict[str, Any]] = []
-    for first in range(0, len(paths), batch_size):
-        items = [dataset[(i, seed + i)] for i in range(first, min(len(paths), first + batch_size))]
-        batch = torch.utils.data.default_collate(items)
-        inp = objective.inputs(batch, Task.JOINT)
-        negative = None
-        if sampling.cfg_scale != 1.0:
-            negative = text([sampling.negative_prompt] * len(items)).to(dev)
-        draws = []  # per draw: action images [B, T, V, H, W, 3] in [0, 1]
-        for draw in range(samples):
-            out = sample(
-                model,
-                inp["x0"],
-                inp["clean"],
-                inp["text"],
-                inp["cameras"],
-                negative_embeds=negative,
-                sampling=sampling,
-                seed=seed + first + _DRAW_SEED_STRIDE * draw,
+    for index, path in enumerate(paths):
+        episode = read_episode(path)
+        views = list(dcfg.views or episode.view_names)[: mcfg.views]
+        if not all(episode.camera_is_static(v) for v in views):
+            raise EvaluationError(
+                f"{path} has a moving camera; open-loop evaluation decodes with static cameras "
+                "only (choose static views with data.views)"
             )
-            pixels = decode_segments(codec, out.latents, mcfg.views, True, "action")
-            images = (pixels.float().clamp(-1, 1) + 1) / 2
-            draws.append(images.permute(0, 3, 1, 4, 5, 2).cpu().numpy())
-        truth = ((batch["action_images"] + 1) / 2).permute(0, 3, 1, 4, 5, 2).numpy()
-        rgb0 = ((batch["video"][:, :, :, 0] + 1) / 2).permute(0, 1, 3, 4, 2).numpy()
-        for b, item in enumerate(items):
-            index = first + b
-            cameras = batch_cameras(batch, b)
-            if not all(isinstance(c, Camera) for c in cameras):
-                raise EvaluationError(
-                    f"{paths[index]} has a moving camera; open-loop evaluation decodes with "
-                    "static cameras only (choose static views with data.views)"
-                )
-            decoded = [
-                decode(images[b], cameras, sigma_fraction=mcfg.blob_sigma) for images in draws
-            ]
-            chosen = consensus_draw([d.actions for d in decoded])
-            gt = item["poses"].numpy()
-            result = score_episode(
-                decoded[chosen].actions, gt, dataset.episode(index).metadata, threshold
-            )
-            result.update(
-                episode=str(paths[index]),
-                views=item["views"],
-                confidence_mean=float(np.mean(decoded[chosen].confidence)),
-                draw=chosen,
-            )
-            if index < contact_sheets:
-                sheet = contact_sheet(draws[chosen][b], truth[b], rgb0[b])
-                name = f"sheet_{index:03d}.png"
-                Image.fromarray(sheet).save(out_dir / name)
-                result["sheet"] = name
-            results.append(result)
+        poses = np.asarray(episode.poses, dtype=np.float64)
+        obs = prepare_observation(
+            [episode.frames(v)[0] for v in views],
+            [episode.camera(v, 0) for v in views],
+            poses[0],
+            spec,
+        )
+        draws = [
+            backend.plan(obs, episode.instruction, seed + index + _DRAW_SEED_STRIDE * r, sampling)
+            for r in range(samples)
+        ]
+        decoded = [
+            decode(d.action_images, obs.cameras, sigma_fraction=spec.blob_sigma) for d in draws
+        ]
+        chosen = consensus_draw([d.actions for d in decoded])
+        clip = np.minimum(dcfg.stride * np.arange(mcfg.frames), len(poses) - 1)
+        gt = poses[clip]
+        result = score_episode(decoded[chosen].actions, gt, episode.metadata, threshold)
+        result.update(
+            episode=str(path),
+            views="|".join(views),
+            confidence_mean=float(np.mean(decoded[chosen].confidence)),
+            draw=chosen,
+        )
+        if index < contact_sheets:
+            truth = render(gt, obs.cameras, mcfg.height, mcfg.width, spec.blob_sigma)
+            rgb0 = ((obs.frames + 1) / 2).permute(0, 2, 3, 1).numpy()
+            sheet = contact_sheet(draws[chosen].action_images, truth, rgb0)
+            name = f"sheet_{index:03d}.png"
+            Image.fromarray(sheet).save(out_dir / name)
+            result["sheet"] = name
+        results.append(result)
     summary = summarise(results, threshold)
     summary.update(
         checkpoint=str(step_dir),

@@ -136,6 +136,7 @@ def flow_sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_cfg: bool = False,
+    inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
 ) -> SampleOutput:
     """Denoise packed latents with any denoiser callable: one loop for every backend.
@@ -147,6 +148,11 @@ def flow_sample(
     The state x stays float32 on `device`; the denoiser is fed `dtype`. `batch_cfg` evaluates
     the conditional and unconditional branches as one batch of 2B (a static-shape graph built
     for it), else as two calls.
+    `inpaint` = (known latents [B, C, F, h, w], frames [F] bool): generated frames whose clean
+    value is known (e.g. the part of a trajectory that executes while this plan is computed).
+    Before every evaluation they are set to the known value noised to the current σ with the
+    sample's own noise, so the model sees them exactly as it sees any frame at that σ and fills
+    in the rest consistently (inpainting by replacement; no retraining); they end clean.
     """
     cfg = sampling or SamplingConfig()
     seed = cfg.seed if seed is None else seed
@@ -178,9 +184,16 @@ def flow_sample(
     sigmas = sampler_sigmas(cfg.num_steps, cfg.shift, cfg.sigmas).tolist()
     cache = StepCache() if cfg.step_cache else None
     out = SampleOutput(latents=x)
+    if inpaint is not None:
+        known = inpaint[0].to(device=device, dtype=torch.float32)
+        known_frames = inpaint[1].to(device=device, dtype=torch.bool).view(1, 1, frames, 1, 1)
+        known_frames = known_frames & ~frame_mask
+        noise = noise.to(device)
 
     for k in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[k], sigmas[k + 1]
+        if inpaint is not None:
+            x = torch.where(known_frames, (1.0 - sigma) * known + sigma * noise, x)
         run = cache.should_run() if cache is not None else True
         if run:
             t = _timestep(sigma, batch, token_mask, per_token_timesteps, dtype)
@@ -205,6 +218,8 @@ def flow_sample(
         x = torch.where(frame_mask, clean, x + v * (sigma_next - sigma))
         if callback is not None:
             callback(k, sigma, x)
+    if inpaint is not None:
+        x = torch.where(known_frames, known, x)
     out.latents = x
     return out
 

@@ -25,7 +25,7 @@ from aimg.geometry import Camera, relative_c2w
 from aimg.model.camera_latents import plucker_video
 from aimg.model.conditioning import joint_conditioning
 from aimg.model.config import ModelConfig, SamplingConfig
-from aimg.model.packing import pack_camera_latents, unpack_latents
+from aimg.model.packing import pack_camera_latents, pack_latents, segment_slice, unpack_latents
 from aimg.model.sampler import SampleOutput, flow_sample
 from aimg.observation import InputSpec, ModelObservation
 
@@ -142,6 +142,43 @@ class PlanBackend(ABC):
         frames, actions = latents[:views][None], latents[views:][None]
         return joint_conditioning(frames, actions, self.model_config.latent_frames)
 
+    def prefix_latents(
+        self, obs: ModelObservation, prefix: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known action latents for inpainting: (packed [1, C, F, h, w], frames [F] bool).
+
+        prefix: [P, 7] tool poses (actions) of pixel frames 1..P of the plan, i.e. what will
+        execute anyway while the plan is computed. They are drawn in every view, padded to the
+        segment length with the last pose, and encoded as a whole video; a latent frame counts
+        as known only if every pixel frame it holds is known (the codecs are causal in time, so
+        the padding does not change it).
+        """
+        from aimg.codec.render import render
+
+        cfg = self.model_config
+        frames, views = cfg.frames, len(obs.cameras)
+        prefix = np.asarray(prefix, dtype=np.float64).reshape(-1, 7)[: frames - 1]
+        if len(prefix) == 0:
+            raise ValueError("an inpainting prefix needs at least one pose")
+        poses = np.concatenate([prefix, np.repeat(prefix[-1:], frames - 1 - len(prefix), 0)])
+        drawn = render(poses, obs.cameras, cfg.height, cfg.width, self.spec.blob_sigma)
+        pixels = torch.from_numpy(np.ascontiguousarray(drawn)).float() * 2.0 - 1.0
+        video = torch.cat([obs.action_images[:, :, None], pixels.permute(1, 4, 0, 2, 3)], dim=2)
+        batch = 2 * views  # the video encoder graph's batch (camera videos: 2 per view)
+        padded = torch.cat([video, video.new_zeros((batch - views, *video.shape[1:]))])
+        encoded = self.encode_videos(padded)[:views]  # [V, C, T_l, h, w]
+        t = cfg.codec.temporal_factor  # latent frame j holds pixel frames (j-1)t+1 .. jt
+        known_latent = torch.tensor(
+            [j >= 1 and j * t <= len(prefix) for j in range(cfg.latent_frames)]
+        )
+        zeros = torch.zeros_like(encoded)
+        packed = pack_latents(zeros[None], encoded[None])
+        mask = torch.zeros(packed.shape[2], dtype=torch.bool)
+        for v in range(views):
+            segment = segment_slice(v, "action", cfg.latent_frames, True)
+            mask[segment] = known_latent
+        return packed, mask
+
     def sample(
         self,
         clean: torch.Tensor,
@@ -151,6 +188,7 @@ class PlanBackend(ABC):
         seed: int | None = None,
         sampling: SamplingConfig | None = None,
         denoise=None,
+        inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> SampleOutput:
         """The shared Euler loop on the checkpoint's step grid (or `sampling`)."""
         sampling = sampling or self.sampling
@@ -170,6 +208,7 @@ class PlanBackend(ABC):
             device=self.device,
             dtype=self.dtype,
             batch_cfg=self.denoiser_batch == 2,
+            inpaint=inpaint,
         )
 
     def decode_actions(self, latents: torch.Tensor) -> np.ndarray:
@@ -186,8 +225,14 @@ class PlanBackend(ABC):
         instruction: str,
         seed: int | None = None,
         sampling: SamplingConfig | None = None,
+        prefix: np.ndarray | None = None,
     ) -> PlanOutput:
-        """Observation + instruction -> the sampled action video, with per-component timings."""
+        """Observation + instruction -> the sampled action video, with per-component timings.
+
+        prefix: optional [P, 7] poses of plan frames 1..P that are fixed in advance (inpainted,
+        see `prefix_latents`), e.g. the part of the executing trajectory that runs during
+        inference (real-time chunking).
+        """
         timings: dict[str, Any] = {"steps": []}
         start = time.perf_counter()
 
@@ -209,7 +254,10 @@ class PlanBackend(ABC):
             timings["steps"].append(time.perf_counter() - t0)
             return out
 
-        out = self.sample(clean, mask, text, cams, seed, sampling, denoise=timed_denoise)
+        inpaint = timed("prefix", self.prefix_latents, obs, prefix) if prefix is not None else None
+        out = self.sample(
+            clean, mask, text, cams, seed, sampling, denoise=timed_denoise, inpaint=inpaint
+        )
         images = timed("decode", self.decode_actions, out.latents)
         timings["total"] = time.perf_counter() - start
         return PlanOutput(images, out.latents.float().cpu(), timings, out.model_calls)

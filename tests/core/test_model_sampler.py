@@ -205,3 +205,29 @@ def test_decode_segments_returns_only_the_requested_modality():
     assert torch.equal(decode_segments(codec, packed, 2, True, "video"), video)
     with pytest.raises(ValueError, match="no action segments"):
         decode_segments(codec, pack_latents(enc(video), None), 2, False, "action")
+
+
+def test_inpainted_frames_are_fed_at_the_current_noise_level_and_end_known():
+    """Known generated frames enter each step as known noised to σ (the model sees them as any
+    frame at that σ) and the sample ends with them exactly."""
+    from aimg.model.sampler import flow_sample
+
+    known = data(5)
+    frames = torch.tensor([False, True, False, False, False, True])
+    clean = data(2)
+    seen = []
+
+    def denoise(x, t, text, cams):
+        seen.append((x.clone(), float(t[0]) / 1000.0))
+        return torch.zeros_like(x)
+
+    cfg = SamplingConfig(num_steps=3, shift=1.0, cfg_scale=1.0)
+    out = flow_sample(
+        denoise, clean, MASK, TEXT, CAMS, sampling=cfg, seed=4, inpaint=(known, frames)
+    )
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(4))
+    for x, sigma in seen:
+        expected = (1 - sigma) * known + sigma * noise
+        torch.testing.assert_close(x[:, :, frames], expected[:, :, frames])
+        assert torch.equal(x[:, :, MASK], clean[:, :, MASK])  # conditioning stays clean
+    assert torch.equal(out.latents[:, :, frames], known[:, :, frames])

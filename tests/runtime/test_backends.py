@@ -111,3 +111,14 @@ def test_unknown_instructions_need_a_re_export_unless_the_encoder_is_built_in(si
     torch.testing.assert_close(table_only(["reach the red cube"]), stored)
     with pytest.raises(BackendError, match="--instructions"):
         table_only(["stack the cubes"])
+
+
+def test_a_plan_inpainted_on_a_prefix_starts_with_that_prefix(torch_backend):
+    from aimg.codec.decode import decode
+
+    obs = synthetic_observation(torch_backend.spec)
+    prefix = np.array([[0.40, 0.05, 0.15, np.pi, 0.0, 0.3, 1.0]])
+    plan = torch_backend.plan(obs, "reach the red cube", seed=0, prefix=prefix)
+    decoded = decode(plan.action_images, obs.cameras, sigma_fraction=torch_backend.spec.blob_sigma)
+    np.testing.assert_allclose(decoded.actions[1, :3], prefix[0, :3], atol=2e-3)
+    assert "prefix" in plan.timings
