@@ -8,17 +8,34 @@ Several devices may share one server (the simulator's arm and cameras share one 
     channel = spawn_server(functools.partial(make_sim_devices, real_time=True))
     arm, rig = RemoteArm(channel, "arm"), RemoteCameraRig(channel, "rig")
 
+Devices other than arms and rigs (the simulator's episode supervisor) name the methods a client
+may call in an `exposed_methods` attribute; `RemoteDevice.call` reaches them. Any other call is
+refused, as is a method outside the `Arm` / `CameraRig` interface.
+
+A server started with `spawn_server(factory, listen=True)` also accepts further clients on a
+unix socket (`channel.address`, a picklable `ServerAddress` with a random auth key): another
+process opens its own channel with `address.connect()`, and every connection is answered by its
+own thread, so a slow client (a camera process fetching snapshots) never queues behind another
+(the servo process). Closing such an extra channel closes only that connection; closing the
+channel `spawn_server` returned stops the server.
+
 Errors raised by a device are raised again in the client with the same type when it is one of
 the interface's own (`ArmError`, `ValueError`), otherwise as `RemoteError` with the message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import shutil
+import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
-from multiprocessing.connection import Connection
+from dataclasses import dataclass, field
+from multiprocessing.connection import AuthenticationError, Client, Connection, Listener
 from typing import Any
 
 import numpy as np
@@ -51,39 +68,109 @@ class RemoteError(RuntimeError):
     """A device in the server process raised an unexpected error (message has its traceback)."""
 
 
-def serve(factory: DeviceFactory, connection: Connection) -> None:
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where a listening device server accepts more clients: a unix socket and its auth key.
+
+    Picklable, so a factory given to another process can carry it and connect from there.
+    """
+
+    path: str
+    authkey: bytes = field(repr=False)
+
+    def connect(self, timeout_s: float = 30.0) -> Channel:
+        """Open a new channel to the server, waiting up to `timeout_s` for it to listen."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return Channel(Client(self.path, family="AF_UNIX", authkey=self.authkey))
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if time.monotonic() > deadline:
+                    raise RemoteError(
+                        f"no device server listens at {self.path} after {timeout_s:g} s: "
+                        "start it with spawn_server(..., listen=True) and keep it running"
+                    ) from exc
+                time.sleep(0.05)
+
+
+def _allowed_methods(device: object) -> frozenset[str]:
+    if isinstance(device, Arm):
+        return _ARM_METHODS
+    if isinstance(device, CameraRig):
+        return _RIG_METHODS
+    return frozenset(getattr(device, "exposed_methods", ()))
+
+
+def _answer(devices: Mapping[str, object], connection: Connection) -> bool:
+    """Answer calls on one connection; True when the client asked the server to stop."""
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return False
+        if message is None:
+            with contextlib.suppress(OSError):
+                connection.send(("ok", None))
+            return True
+        device, method, args, kwargs = message
+        try:
+            target = devices[device]
+            if method not in _allowed_methods(target):
+                raise ValueError(f"{method!r} is not part of the {device!r} interface")
+            value = getattr(target, method)
+            is_value = method in _PROPERTIES or not callable(value)
+            result = value if is_value else value(*args, **kwargs)
+            reply: tuple = ("ok", result)
+        except Exception as exc:  # the client decides what to raise
+            detail = (
+                f"{exc}\n{traceback.format_exc()}"
+                if type(exc).__name__ not in _ERRORS
+                else str(exc)
+            )
+            reply = ("error", type(exc).__name__, detail)
+        try:
+            connection.send(reply)
+        except (OSError, ValueError):
+            return False
+
+
+def _answer_extra(devices: Mapping[str, object], connection: Connection) -> None:
+    with connection:
+        _answer(devices, connection)
+
+
+def _accept(listener: Listener, devices: Mapping[str, object]) -> None:
+    """Give every client that connects to `listener` its own answering thread."""
+    while True:
+        try:
+            connection = listener.accept()
+        except AuthenticationError:
+            continue
+        except (OSError, EOFError):
+            return
+        threading.Thread(target=_answer_extra, args=(devices, connection), daemon=True).start()
+
+
+def serve(
+    factory: DeviceFactory, connection: Connection, address: ServerAddress | None = None
+) -> None:
     """Build the devices and answer `(device, method, args, kwargs)` calls until told to stop.
 
     Replies are `("ok", result)` or `("error", type name, message)`. A `None` message or a closed
-    pipe ends the loop; every device that has `disconnect` is then disconnected.
+    pipe on `connection` ends the server; every device that has `disconnect` is then
+    disconnected. With an `address`, the server also listens there for more clients, each
+    answered by its own thread (a `None` from one of them closes only its connection).
     """
     devices = dict(factory())
+    listener = None
     try:
-        while True:
-            try:
-                message = connection.recv()
-            except (EOFError, OSError):
-                break
-            if message is None:
-                connection.send(("ok", None))
-                break
-            device, method, args, kwargs = message
-            try:
-                target = devices[device]
-                allowed = _ARM_METHODS if isinstance(target, Arm) else _RIG_METHODS
-                if method not in allowed:
-                    raise ValueError(f"{method!r} is not part of the {device!r} interface")
-                value = getattr(target, method)
-                result = value if method in _PROPERTIES else value(*args, **kwargs)
-                connection.send(("ok", result))
-            except Exception as exc:  # the client decides what to raise
-                detail = (
-                    f"{exc}\n{traceback.format_exc()}"
-                    if type(exc).__name__ not in _ERRORS
-                    else str(exc)
-                )
-                connection.send(("error", type(exc).__name__, detail))
+        if address is not None:
+            listener = Listener(address.path, family="AF_UNIX", authkey=address.authkey)
+            threading.Thread(target=_accept, args=(listener, devices), daemon=True).start()
+        _answer(devices, connection)
     finally:
+        if listener is not None:
+            listener.close()
         for device in devices.values():
             disconnect = getattr(device, "disconnect", None)
             if disconnect is not None:
@@ -91,11 +178,20 @@ def serve(factory: DeviceFactory, connection: Connection) -> None:
 
 
 class Channel:
-    """The client end of a server: one request at a time (thread-safe), plus process control."""
+    """The client end of a server: one request at a time (thread-safe), plus process control.
 
-    def __init__(self, connection: Connection, process: multiprocessing.Process | None = None):
+    `address` is where the server accepts more channels (None unless it was spawned listening).
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        process: multiprocessing.Process | None = None,
+        address: ServerAddress | None = None,
+    ):
         self._connection = connection
         self._process = process
+        self.address = address
         self._lock = threading.Lock()
 
     def call(self, device: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -105,7 +201,7 @@ class Channel:
             self._connection.send((device, method, args, kwargs))
             try:
                 reply = self._connection.recv()
-            except EOFError as exc:
+            except (EOFError, ConnectionResetError) as exc:
                 raise RemoteError("the remote device server died (no reply)") from exc
         if reply[0] == "ok":
             return reply[1]
@@ -118,7 +214,10 @@ class Channel:
         return self._process is not None and self._process.is_alive()
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Ask the server to disconnect its devices and exit; then wait for its process."""
+        """Ask the server to disconnect its devices and exit; then wait for its process.
+
+        On a channel from `ServerAddress.connect()` this closes only that connection.
+        """
         with self._lock:
             if not self._connection.closed:
                 try:
@@ -132,6 +231,8 @@ class Channel:
             if self._process.is_alive():
                 self._process.terminate()
                 self._process.join(timeout_s)
+            if self.address is not None:
+                shutil.rmtree(os.path.dirname(self.address.path), ignore_errors=True)
 
     def __enter__(self) -> Channel:
         return self
@@ -140,14 +241,22 @@ class Channel:
         self.close()
 
 
-def spawn_server(factory: DeviceFactory) -> Channel:
-    """Start `serve(factory, ...)` in a fresh (spawned) process; returns its channel."""
+def spawn_server(factory: DeviceFactory, listen: bool = False) -> Channel:
+    """Start `serve(factory, ...)` in a fresh (spawned) process; returns its channel.
+
+    With `listen`, the server also accepts more channels at `channel.address` (a unix socket in
+    a private temporary directory, removed again by `channel.close()`).
+    """
+    address = None
+    if listen:
+        directory = tempfile.mkdtemp(prefix="aimg-devices-")
+        address = ServerAddress(os.path.join(directory, "server.sock"), os.urandom(32))
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=serve, args=(factory, child), daemon=True)
+    process = context.Process(target=serve, args=(factory, child, address), daemon=True)
     process.start()
     child.close()
-    return Channel(parent, process)
+    return Channel(parent, process, address)
 
 
 class _RemoteDevice:
@@ -169,6 +278,17 @@ class _RemoteDevice:
 
     def disconnect(self) -> None:
         self._call("disconnect")
+
+
+class RemoteDevice:
+    """Any device behind `channel` (device `name`): `call` reaches its `exposed_methods`."""
+
+    def __init__(self, channel: Channel, name: str) -> None:
+        self._channel = channel
+        self._name = name
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.call(self._name, method, *args, **kwargs)
 
 
 class RemoteArm(_RemoteDevice, Arm):
