@@ -198,10 +198,10 @@ class Channel:
         with self._lock:
             if self._connection.closed:
                 raise ArmError("the remote device server is closed")
-            self._connection.send((device, method, args, kwargs))
             try:
+                self._connection.send((device, method, args, kwargs))
                 reply = self._connection.recv()
-            except (EOFError, ConnectionResetError) as exc:
+            except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
                 raise RemoteError("the remote device server died (no reply)") from exc
         if reply[0] == "ok":
             return reply[1]
