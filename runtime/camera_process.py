@@ -266,7 +266,7 @@ class _Writer:
                 self.status[_H_DROPPED] += 1
             if flags & _FLAG_BACKWARDS:
                 self.status[_H_BACKWARDS] += 1
-            if now - self.last_stats_ns > 200_000_000:
+            if len(self.periods) < 16 or now - self.last_stats_ns > 200_000_000:
                 self.last_stats_ns = now
                 for field, values in (
                     (_H_PERIOD_P50, self.periods),
