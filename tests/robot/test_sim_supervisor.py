@@ -164,3 +164,26 @@ def test_a_mirror_read_asks_the_physics_server_for_one_snapshot_only(lock_step_c
         mirror.read()
     assert recording.calls == [("supervisor", "snapshot")] * 2
     assert all(image.std() > 5 for image in frames.images.values())
+
+
+class _InProcessChannel:
+    """A channel to devices in this process (calls them directly)."""
+
+    def __init__(self, **devices):
+        self.devices = devices
+
+    def call(self, device, method, *args, **kwargs):
+        return getattr(self.devices[device], method)(*args, **kwargs)
+
+
+def test_objects_gone_from_the_physics_world_are_removed_from_the_mirror(supervisor, fresh_world):
+    supervisor.start_episode("reach", 12)
+    channel = _InProcessChannel(supervisor=supervisor)
+    with MirroredSimCameraRig(channel, views=1, height=48, width=64) as mirror:
+        before = mirror.read().images["left"]
+        gone = sorted(fresh_world.objects)[0]
+        fresh_world.client.removeBody(fresh_world.objects.pop(gone))
+        after = mirror.read().images["left"]
+        mirror_bodies = mirror.world.client.getNumBodies()
+    assert mirror_bodies == 2 + len(fresh_world.objects)  # table, robot, the remaining cubes
+    assert np.any(before != after)
