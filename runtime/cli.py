@@ -49,3 +49,86 @@ def bench_policy(
     if official_5b:
         result["official_5b_step"] = official_step_benchmark(preset)
     typer.echo(json.dumps(result, indent=2) if as_json else str(result))
+
+
+def run(
+    sim: bool = typer.Option(
+        False, "--sim", help="Run against the simulated cell (PyBullet arm + cameras, real time)."
+    ),
+    task: str = typer.Option(
+        "reach", help="Sim task: reach or pick; the instruction names the scene's target cube."
+    ),
+    episodes: int = typer.Option(20, min=1, help="Episodes (start states) to run."),
+    seed: int = typer.Option(
+        2027,
+        help="Collection seed of the start states: episode i starts like episode i of "
+        "`aimg sim collect --seed SEED`.",
+    ),
+    model: Path = typer.Option(
+        Path("assets/sim-tiny"),
+        help="Checkpoint directory or exported artifact (`aimg export onnx`).",
+    ),
+    backend: str = typer.Option(
+        "auto", help="auto (artifact: onnxruntime, checkpoint: torch), torch or onnxruntime."
+    ),
+    planner: str = typer.Option(
+        "model",
+        help="model, or expert: the sim's scripted expert through the same render -> decode -> "
+        "scheduler path (what the loop achieves when the planner is right).",
+    ),
+    open_loop: bool = typer.Option(
+        False, "--open-loop", help="Execute one plan per episode (the reference's mode)."
+    ),
+    join: str = typer.Option(
+        "blend",
+        help="How a new plan joins the executing one: blend (position- and velocity-continuous "
+        "blend) or inpaint (the plan is conditioned on what executes during inference).",
+    ),
+    episode_seconds: float = typer.Option(
+        None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
+    ),
+    rate: float = typer.Option(100.0, min=50.0, max=250.0, help="Servo loop rate (Hz)."),
+    threads: int = typer.Option(1, min=1, help="CPU threads of the planner's backend."),
+    video: Path = typer.Option(
+        None, help="Write an mp4 of one episode with the plan and executed path drawn on it."
+    ),
+    out: Path = typer.Option(None, help="Also write the JSON report here."),
+) -> None:
+    """Run the closed loop: cameras -> policy -> scheduler -> safety -> servo -> arm.
+
+    Prints success rate, plan latency (p50/p95), replans per episode, control-rate statistics
+    and the safety events as JSON.
+    """
+    from aimg.runtime.sim_run import RunSettings, run_sim
+
+    if not sim:
+        typer.echo(
+            "error: only the simulated cell is supported yet: add --sim (the xArm and RealSense "
+            "drivers come with the hardware issue)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if planner not in ("model", "expert") or join not in ("blend", "inpaint"):
+        typer.echo("error: --planner is model or expert; --join is blend or inpaint", err=True)
+        raise typer.Exit(2)
+    settings = RunSettings(
+        task=task,
+        episodes=episodes,
+        seed=seed,
+        model=model,
+        backend=backend,
+        planner=planner,
+        open_loop=open_loop,
+        join=join,
+        episode_s=episode_seconds,
+        rate_hz=rate,
+        threads=threads,
+        video=video,
+    )
+    report = run_sim(settings)
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    summary = {k: v for k, v in report.items() if k != "per_episode"}
+    typer.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,283 @@
+"""`aimg run --sim`: the whole closed loop in real time against the simulated cell.
+
+Processes (as on a real cell, see docs/runtime.md):
+
+    physics server (robot/sim, real time)  <- arm calls  <- servo process (fixed rate, safety)
+          ^ snapshots                                            ^ Waypoints
+    camera process (mirrored renderer) -> shared-memory ring -> planner (this process)
+
+The planner replans continuously (`Scheduler`), the servo process interpolates, filters and
+commands; episodes are started and judged by the sim's supervisor, which is the only part a
+real cell does not have. Start states are those of `aimg sim collect --seed SEED` (the same
+per-episode seeds), so closed-loop, open-loop and offline evaluations share their starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from aimg.geometry import matrix_to_action
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What `aimg run --sim` does; see the CLI's --help for each field."""
+
+    task: str = "reach"
+    episodes: int = 20
+    seed: int = 2027
+    model: Path = Path("assets/sim-tiny")
+    backend: str = "auto"
+    planner: Literal["model", "expert"] = "model"
+    open_loop: bool = False
+    join: Literal["blend", "inpaint"] = "blend"
+    blend_s: float = 0.3
+    episode_s: float | None = None
+    rate_hz: float = 100.0
+    camera_fps: float = 10.0
+    threads: int = 1
+    video: Path | None = None
+    video_episode: int = 0
+    views: int = 2
+    size: int = 128
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+EPISODE_SECONDS = {"reach": 7.0, "pick": 12.0}
+
+
+def remote_arm(address: Any):
+    """The physics server's arm through a new channel (picklable factory for the servo)."""
+    from aimg.robot.remote import RemoteArm
+
+    return RemoteArm(address.connect(), "arm")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+class PathRecorder:
+    """Samples camera frames and the arm's pose in a thread while the planner works (torch and
+    onnxruntime release the GIL while computing), for the episode video and the executed path."""
+
+    def __init__(self, cameras: Any, servo: Any, period_s: float = 0.1, frames: bool = False):
+        self.cameras, self.servo, self.period_s, self.keep_frames = cameras, servo, period_s, frames
+        self.positions: list[np.ndarray] = []
+        self.frames: list[tuple[dict[str, np.ndarray], int]] = []
+        self.plans: list[tuple[int, np.ndarray]] = []  # (time_ns, positions [K, 3])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PathRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            state = self.servo.state()
+            if state is not None and state.tool_pose is not None:
+                self.positions.append(np.asarray(state.tool_pose)[:3, 3].copy())
+            if self.keep_frames:
+                latest = self.cameras.latest()
+                if latest is not None:
+                    stamp = min(latest.host_timestamps_ns.values())
+                    self.frames.append((dict(latest.images), stamp))
+
+
+def run_sim(settings: RunSettings, progress: bool = True) -> dict[str, Any]:
+    """Run `settings.episodes` closed-loop (or open-loop) episodes; returns the JSON report."""
+    from aimg.robot.sim.collect import episode_seed
+    from aimg.robot.sim.mirror import make_sim_cell
+    from aimg.robot.sim.supervisor import trajectory_from_plan
+    from aimg.runtime.camera_process import CameraProcess
+    from aimg.runtime.expert_planner import ExpertPlanner
+    from aimg.runtime.safety import SafetyLimits, check_command
+    from aimg.runtime.scheduler import Scheduler, SchedulerConfig
+    from aimg.runtime.servo import ServoProcess
+
+    limits = SafetyLimits.from_dict(settings.limits) if settings.limits else SafetyLimits()
+    policy = _load_policy(settings)
+    episode_s = settings.episode_s or EPISODE_SECONDS.get(settings.task, 8.0)
+    scheduler_cfg = SchedulerConfig(
+        join=settings.join, blend_s=settings.blend_s, open_loop=settings.open_loop
+    )
+    results: list[dict[str, Any]] = []
+    cell = make_sim_cell(views=settings.views, height=settings.size, width=settings.size)
+    supervisor = cell.supervisor()
+    arm_factory = functools.partial(remote_arm, cell.address)
+    camera = CameraProcess(cell.rig_factory(), fps=settings.camera_fps)
+    servo = ServoProcess(arm_factory, limits, rate_hz=settings.rate_hz)
+    bar = _progress(settings.episodes, progress)
+    try:
+        camera.start()
+        servo.start()
+        for index in range(settings.episodes):
+            seed = episode_seed(settings.seed, index)
+            servo.hold("new episode")
+            scene = supervisor.start_episode(settings.task, seed)
+            servo.reset()
+            _wait_for_fresh_frames(camera, time.monotonic_ns())
+            start_ns = time.monotonic_ns()
+            planner = policy
+            if settings.planner == "expert":
+                planner = ExpertPlanner(
+                    trajectory_from_plan(supervisor.expert_plan()),
+                    start_ns,
+                    policy.spec,
+                    policy.dt_s,
+                    policy.backend.model_config.frames,
+                )
+            scheduler = Scheduler(
+                planner, camera, servo, scene["instruction"], scheduler_cfg, seed=index
+            )
+            record_video = settings.video is not None and index == settings.video_episode
+            with PathRecorder(camera, servo, frames=record_video) as recorder:
+                while time.monotonic_ns() - start_ns < episode_s * 1e9:
+                    if scheduler.done:
+                        time.sleep(0.05)
+                        continue
+                    record = scheduler.step()
+                    if record is not None and len(record.positions):
+                        recorder.plans.append((record.ready_ns, record.positions))
+            servo.hold("episode over")
+            time.sleep(0.2)
+            result = _score(supervisor, servo, scene, scheduler, index, seed)
+            results.append(result)
+            if record_video:
+                _write_video(settings.video, recorder, camera.cameras, result)
+                result["video"] = str(settings.video)
+            bar.update(1)
+            bar.set_postfix_str(f"success {sum(r['success'] for r in results)}/{len(results)}")
+        commands = servo.commands()
+        violations = _monitor(commands, limits, settings.rate_hz, check_command)
+        report = _summary(settings, results, servo, camera, violations, len(commands))
+    finally:
+        bar.close()
+        servo.close()
+        camera.close()
+        cell.close()
+    return report
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="episodes", unit="ep", disable=not enabled)
+
+
+def _load_policy(settings: RunSettings):
+    from aimg.runtime.backends import load
+    from aimg.runtime.policy import Policy
+
+    backend = load(settings.model, settings.backend, threads=settings.threads)
+    return Policy(backend)
+
+
+def _wait_for_fresh_frames(camera: Any, after_ns: int, timeout_s: float = 5.0) -> None:
+    """Block until the camera process delivers a frame set captured after `after_ns`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        latest = camera.latest()
+        if latest is not None and min(latest.host_timestamps_ns.values()) > after_ns:
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"the camera process delivered no frame for {timeout_s:g} s")
+
+
+def _score(supervisor, servo, scene, scheduler, index: int, seed: int) -> dict[str, Any]:
+    state = servo.state()
+    cube = np.asarray(supervisor.target_cube_position(), dtype=np.float64)
+    tcp = np.asarray(state.tool_pose)[:3, 3]
+    records = scheduler.records
+    return {
+        "episode": index,
+        "seed": seed,
+        "instruction": scene["instruction"],
+        "success": bool(supervisor.success()),
+        "final_xy_error_m": float(np.linalg.norm(tcp[:2] - cube[:2])),
+        "final_height_above_cube_m": float(tcp[2] - cube[2]),
+        "final_action": matrix_to_action(np.asarray(state.tool_pose), state.gripper).tolist(),
+        "replans": len(records),
+        "latency_s": [r.latency_s for r in records],
+        "seam_position_m": [r.seam_position_m for r in records if np.isfinite(r.seam_position_m)],
+        "seam_velocity_m_s": [
+            r.seam_velocity_m_s for r in records if np.isfinite(r.seam_velocity_m_s)
+        ],
+        "dropped_invalid": sum(r.dropped_invalid for r in records),
+    }
+
+
+def _monitor(commands, limits, rate_hz: float, check_command) -> list[str]:
+    """Every command the arm received, checked against the limits by the pure checker."""
+    violations: list[str] = []
+    previous: list[Any] = []
+    for command in commands:
+        if len(previous) == 2:
+            found = check_command(previous[0], previous[1], command, limits, 1.0 / rate_hz)
+            violations += found
+        previous = [*previous[-1:], command]
+    return violations
+
+
+def _summary(settings, results, servo, camera, violations, num_commands) -> dict[str, Any]:
+    latencies = [x for r in results for x in r["latency_s"]]
+    seams_p = [x for r in results for x in r["seam_position_m"]]
+    seams_v = [x for r in results for x in r["seam_velocity_m_s"]]
+    errors = [r["final_xy_error_m"] for r in results]
+    events: dict[str, int] = {}
+    for event in servo.events():
+        events[event.kind] = events.get(event.kind, 0) + 1
+    return {
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()
+        },
+        "episodes": len(results),
+        "success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
+        "final_xy_error_median_m": float(np.median(errors)) if errors else None,
+        "plan_latency_p50_s": percentile(latencies, 50),
+        "plan_latency_p95_s": percentile(latencies, 95),
+        "replans_per_episode": float(np.mean([r["replans"] for r in results])) if results else 0,
+        "seam_position_p50_m": percentile(seams_p, 50),
+        "seam_position_p95_m": percentile(seams_p, 95),
+        "seam_velocity_p50_m_s": percentile(seams_v, 50),
+        "seam_velocity_p95_m_s": percentile(seams_v, 95),
+        "control": servo.stats(),
+        "cameras": camera.stats(),
+        "safety_events": events,
+        "commands_checked": num_commands,
+        "out_of_limit_commands": len(violations),
+        "violations": violations[:10],
+        "per_episode": results,
+    }
+
+
+def _write_video(path: Path, recorder: PathRecorder, cameras: dict, result: dict) -> None:
+    from aimg.runtime.video import VideoWriter, draw_overlay, tile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    executed = np.array(recorder.positions) if recorder.positions else np.zeros((0, 3))
+    with VideoWriter(path, fps=1.0 / recorder.period_s) as writer:
+        for images, stamp in recorder.frames:
+            plan = next((p for t, p in reversed(recorder.plans) if t <= stamp), None)
+            views = []
+            for name, image in images.items():
+                frame = image.copy()
+                if plan is not None:
+                    frame = draw_overlay(frame, cameras[name], plan, (255, 220, 0))
+                if len(executed):
+                    frame = draw_overlay(frame, cameras[name], executed, (0, 200, 255))
+                views.append(frame)
+            writer.append(tile(views))
