@@ -433,11 +433,15 @@ class _ServoLoop:
             return "estopped"
         if self.filter.faulted:
             return "error"
+        previous = self.last_command
         arm.servo(decision.pose)
         arm.set_gripper(decision.gripper)
         self.record_command(now_ns, decision.pose, decision.gripper)
-        if decision.mode == "move" and self.traj is not None and t_ns < self.traj.end_ns:
-            return "tracking"
+        if decision.mode == "move" and self.traj is not None:
+            # still on the plan, or still catching up with its end
+            moved = previous is None or not np.array_equal(previous[1], decision.pose)
+            if t_ns < self.traj.end_ns or moved or previous[2] != decision.gripper:
+                return "tracking"
         if self.traj is not None or self.held:
             return "holding"
         return "idle"
