@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import queue
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from aimg.robot.interfaces import Arm, ArmErrorCode
+from aimg.robot.remote import RemoteArm, ServerAddress
 from aimg.runtime.safety import Command, Health, SafetyEvent, SafetyFilter, SafetyLimits
 from aimg.runtime.trajectory import Trajectory, join
 from aimg.runtime.waypoints import Waypoints
@@ -56,6 +58,8 @@ MIN_RATE_HZ, MAX_RATE_HZ = 50.0, 250.0
 #: Sleep until this long before a tick, then spin: wake-up latency of a sleeping thread is
 #: tens of microseconds with SCHED_FIFO and up to ~1 ms without.
 SPIN_NS = 500_000
+#: The servo process's GIL switch interval (Python's default is 5 ms).
+GIL_SWITCH_S = 1e-4
 STATS_CAPACITY = 1 << 15
 COMMAND_CAPACITY = 1 << 16
 _TEXT_BYTES = 4096
@@ -160,11 +164,33 @@ class _Config:
     blend_s: float
 
 
+def connect_remote_arm(address: ServerAddress, name: str = "arm") -> Arm:
+    """An arm factory for an arm served by another process (`spawn_server(..., listen=True)`):
+    `functools.partial(connect_remote_arm, channel.address)` opens the servo loop's own
+    connection, so it never queues behind the camera process's calls."""
+    return RemoteArm(address.connect(), name)
+
+
 # -- the loop (servo process side) -------------------------------------------------------------
 
 
+def _helper_threads() -> list[int]:
+    """Thread ids of this process other than the calling thread (Linux /proc)."""
+    try:
+        tids = [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+    return [tid for tid in tids if tid != threading.get_native_id()]
+
+
 def _make_realtime(priority: int, cpu: int | None) -> str:
-    """Ask for SCHED_FIFO at `priority`, else nice -10; pin to `cpu`. Returns what was got."""
+    """Ask for SCHED_FIFO at `priority`, else nice -10; pin to `cpu`. Returns what was got.
+
+    The arm's own threads (an SDK's report thread, the simulator's physics thread) get
+    SCHED_FIFO one level below the loop: the loop waits on their locks and on the GIL they
+    hold, so leaving them preemptible by the planner would be priority inversion. A short GIL
+    switch interval bounds how long such a thread keeps the loop from running.
+    """
     got = []
     if cpu is not None:
         try:
@@ -174,10 +200,17 @@ def _make_realtime(priority: int, cpu: int | None) -> str:
             got.append(f"cpu {cpu} refused ({exc})")
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        got.insert(0, f"SCHED_FIFO {priority}")
-        return ", ".join(got)
     except (OSError, AttributeError) as exc:
         fifo_error = exc
+    else:
+        helpers = 0
+        for tid in _helper_threads():
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(max(1, priority - 1)))
+                helpers += 1
+        sys.setswitchinterval(GIL_SWITCH_S)
+        got.insert(0, f"SCHED_FIFO {priority} (+{helpers} arm threads at {max(1, priority - 1)})")
+        return ", ".join(got)
     try:
         os.nice(-10)
         got.insert(0, f"nice {os.nice(0)} (SCHED_FIFO refused: {fifo_error})")
@@ -228,6 +261,7 @@ class _ServoLoop:
         self.info: dict[str, str] = {"realtime": "", "exit_reason": ""}
         self.last_state = None
         self.last_command: tuple[int, np.ndarray, float] | None = None
+        self.gripper_sent: tuple[int, float] | None = None
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -435,7 +469,9 @@ class _ServoLoop:
             return "error"
         previous = self.last_command
         arm.servo(decision.pose)
-        arm.set_gripper(decision.gripper)
+        if self.gripper_sent != (self.segment, decision.gripper):  # one round trip less
+            arm.set_gripper(decision.gripper)
+            self.gripper_sent = (self.segment, decision.gripper)
         self.record_command(now_ns, decision.pose, decision.gripper)
         if decision.mode == "move" and self.traj is not None:
             # still on the plan, or still catching up with its end
@@ -823,15 +859,18 @@ class ServoProcess:
     def commands_dropped(self) -> int:
         return self._commands_dropped
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, window_s: float | None = None) -> dict[str, Any]:
         """Timing of the loop: jitter (tick start minus its scheduled time) and tick work time
-        in ms (p50 / p99 / max over the last STATS_CAPACITY ticks), overruns (ticks that
-        started more than one period late), missed periods and counts."""
+        in ms (p50 / p99 / max over the last `window_s` seconds of ticks, at most the last
+        STATS_CAPACITY), overruns (ticks that started more than one period late, since the
+        start), missed periods and counts."""
         if self._shared is None:
             raise RuntimeError("start() the ServoProcess first")
         sh = self._shared
         written = int(sh.i[_I_STATS])
         n = min(written, STATS_CAPACITY - 64)
+        if window_s is not None:
+            n = min(n, max(1, round(window_s * self.config.rate_hz)))
         slots = np.arange(written - n, written) % STATS_CAPACITY
         samples = sh.timing_view[slots].copy()
         ints, _, info = self._snapshot()
