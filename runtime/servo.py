@@ -60,6 +60,7 @@ MIN_RATE_HZ, MAX_RATE_HZ = 50.0, 250.0
 SPIN_NS = 500_000
 #: The servo process's GIL switch interval (Python's default is 5 ms).
 GIL_SWITCH_S = 1e-4
+GC_EVERY_TICKS = 256
 STATS_CAPACITY = 1 << 15
 COMMAND_CAPACITY = 1 << 16
 _TEXT_BYTES = 4096
@@ -174,22 +175,21 @@ def connect_remote_arm(address: ServerAddress, name: str = "arm") -> Arm:
 # -- the loop (servo process side) -------------------------------------------------------------
 
 
-def _helper_threads() -> list[int]:
-    """Thread ids of this process other than the calling thread (Linux /proc)."""
+def _threads() -> set[int]:
+    """Thread ids of this process (Linux /proc; empty elsewhere)."""
     try:
-        tids = [int(name) for name in os.listdir("/proc/self/task")]
+        return {int(name) for name in os.listdir("/proc/self/task")}
     except OSError:
-        return []
-    return [tid for tid in tids if tid != threading.get_native_id()]
+        return set()
 
 
-def _make_realtime(priority: int, cpu: int | None) -> str:
+def _make_realtime(priority: int, cpu: int | None, arm_threads: set[int]) -> str:
     """Ask for SCHED_FIFO at `priority`, else nice -10; pin to `cpu`. Returns what was got.
 
-    The arm's own threads (an SDK's report thread, the simulator's physics thread) get
-    SCHED_FIFO one level below the loop: the loop waits on their locks and on the GIL they
-    hold, so leaving them preemptible by the planner would be priority inversion. A short GIL
-    switch interval bounds how long such a thread keeps the loop from running.
+    `arm_threads` (those the arm started on connect: an SDK's report thread, the simulator's
+    physics thread) get SCHED_FIFO one level below the loop: the loop waits on their locks and
+    on the GIL they hold, so leaving them preemptible by the planner would be priority
+    inversion. A short GIL switch interval bounds how long such a thread holds up the loop.
     """
     got = []
     if cpu is not None:
@@ -204,7 +204,7 @@ def _make_realtime(priority: int, cpu: int | None) -> str:
         fifo_error = exc
     else:
         helpers = 0
-        for tid in _helper_threads():
+        for tid in sorted(arm_threads - {threading.get_native_id()}):
             with contextlib.suppress(OSError):
                 os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(max(1, priority - 1)))
                 helpers += 1
@@ -482,6 +482,25 @@ class _ServoLoop:
             return "holding"
         return "idle"
 
+    def warm_up(self) -> None:
+        """Run a tick's code paths once on a dummy plan: lazy imports and caches happen now,
+        not in the first real tick, and their objects get frozen with the rest."""
+        pose = np.asarray(self.last_state.tool_pose, dtype=np.float64)
+        k = 4
+        dummy = Waypoints(
+            np.arange(1, k + 1, dtype=np.int64) * 100_000_000,
+            np.repeat(pose[None, :3, 3], k, axis=0),
+            np.repeat(pose[None, :3, :3], k, axis=0),
+            np.ones(k),
+            np.ones(k),
+        )
+        traj = join(Trajectory.hold(pose, 1.0, 0), dummy, 0, self.cfg.blend_s)
+        traj.sample(50_000_000)
+        traj.velocity(50_000_000)
+        traj.confidence(50_000_000)
+        scratch = SafetyFilter(self.cfg.limits, self.cfg.rate_hz)
+        scratch.filter(pose, 1.0, 1.0, self.last_state, 0, Health(plan_age_s=0.0))
+
     def start_arm(self) -> None:
         self.arm = self.cfg.arm_factory()
         self.arm.connect()
@@ -495,12 +514,19 @@ class _ServoLoop:
     def run(self) -> None:
         cfg = self.cfg
         self.publish(time.monotonic_ns(), "starting", _PHASE_STARTING)
+        before = _threads()
         self.start_arm()
-        realtime = _make_realtime(cfg.priority, cfg.cpu) if cfg.realtime else "off"
+        arm_threads = _threads() - before
+        realtime = _make_realtime(cfg.priority, cfg.cpu, arm_threads) if cfg.realtime else "off"
         self.info["realtime"] = realtime
         self.publish_text()
+        self.emit(SafetyEvent(time.monotonic_ns(), "servo_started", "info", realtime))
+        self.warm_up()
+        # Automatic collections could start in any thread at any time (a full one took 12 ms
+        # here); instead freeze what exists and collect the rest after ticks, where it is cheap.
         gc.collect()
         gc.freeze()
+        gc.disable()
         parent = multiprocessing.parent_process()
         period = self.period_ns
         start = time.monotonic_ns() + period
@@ -543,6 +569,8 @@ class _ServoLoop:
             if self.tick % 64 == 0 and parent is not None and not parent.is_alive():
                 self.info["exit_reason"] = "the client process died: arm stopped"
                 return
+            if self.tick % GC_EVERY_TICKS == 0:
+                gc.collect()  # ~0.1 ms once the startup objects are frozen
             k += 1
 
     def shutdown(self) -> None:

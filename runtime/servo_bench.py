@@ -17,6 +17,7 @@ import functools
 import math
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from aimg.robot.remote import spawn_server
 from aimg.robot.sim.devices import SimArm, make_sim_devices
 from aimg.robot.sim.world import top_down_pose
 from aimg.runtime.safety import SafetyLimits, check_commands
-from aimg.runtime.servo import ServoProcess, connect_remote_arm
+from aimg.runtime.servo import GIL_SWITCH_S, ServoProcess, connect_remote_arm
 from aimg.runtime.waypoints import Waypoints
 
 LOADS = ("none", "planner")
@@ -75,6 +76,13 @@ def _planner_load(checkpoint: str, ready, stop, plans) -> None:
         seed += 1
         with plans.get_lock():
             plans.value += 1
+
+
+def realtime_sim_devices(**kwargs: Any) -> dict[str, Any]:
+    """`make_sim_devices` with a short GIL switch interval (Python's default is 5 ms): the
+    server's physics thread and the threads answering the servo loop share one GIL."""
+    sys.setswitchinterval(GIL_SWITCH_S)
+    return make_sim_devices(**kwargs)
 
 
 def _raise_priority(pid: int, priority: int) -> str:
@@ -139,7 +147,7 @@ def bench_servo_jitter(
     try:
         if arm == "server":
             server = spawn_server(
-                functools.partial(make_sim_devices, real_time=True, views=1), listen=True
+                functools.partial(realtime_sim_devices, real_time=True, views=1), listen=True
             )
             _wait_listening(server.address.path)
             arm_priority = (
