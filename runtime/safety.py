@@ -18,6 +18,7 @@ are 4x4 TCP-to-base; angular velocities are rotation vectors in the base frame p
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -313,15 +314,17 @@ class SafetyFilter:
         pose[:3, :3], pose[:3, 3] = self._r1, self._p1
         return pose, self._g1
 
-    def estop(self, reason: str, now_ns: int) -> SafetyEvent:
+    def estop(self, reason: str, now_ns: int | None = None) -> SafetyEvent:
         """Latch an emergency stop: every later decision is "estop" until `reset()`."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
         self._estop = reason
         self.counts["estop"] += 1
         return SafetyEvent(now_ns, "estop", "estop", f"emergency stop: {reason}")
 
-    def reset(self, now_ns: int) -> SafetyEvent:
+    def reset(self, now_ns: int | None = None) -> SafetyEvent:
         """Clear the estop and arm-error latches; the next command starts from the measured
         pose (a new command segment)."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
         what = [f"estop ({self._estop})"] if self._estop else []
         if self._fault is not None:
             what.append(f"arm error C{self._fault}")
@@ -365,11 +368,9 @@ class SafetyFilter:
         if self._estop is not None:
             return Decision(*self.previous, "estop", (), ("estop",))
         self._check_health(health, state, conditions)
-        hold = bool(conditions)
-        target_ok = target_pose is not None and not hold
+        target_ok = target_pose is not None and not conditions  # health holds come first
         if target_ok:
             target_ok = self._check_target(target_pose, target_gripper, confidence, conditions)
-            hold = not target_ok and bool(conditions)
         if target_ok:
             v_des, w_des, g_target = self._desired(target_pose, target_gripper, conditions)
             mode = "move"

@@ -301,3 +301,30 @@ def test_an_arm_failure_stops_the_loop_with_a_reason():
 def test_rate_outside_50_to_250_hz_is_refused(rate):
     with pytest.raises(ValueError, match="rate_hz"):
         ServoProcess(SIM_ARM, LIMITS, rate_hz=rate)
+
+
+def bench_is_sane(result: dict, rate: float, load: str) -> None:
+    assert result["rate_hz"] == rate and result["load"] == load
+    for key in ("jitter_ms", "work_ms"):
+        p = result[key]
+        assert 0 <= p["p50"] <= p["p99"] <= p["max"]
+    assert result["ticks"] > 0 and result["overruns"] >= 0 and result["realtime"]
+    assert result["violations"] == 0
+
+
+@pytest.mark.parametrize("arm", ["server", "process"])
+def test_jitter_bench_reports_sane_statistics(arm):
+    from aimg.runtime.servo_bench import bench_servo_jitter
+
+    bench_is_sane(bench_servo_jitter(100.0, 1.0, "none", arm=arm), 100.0, "none")
+
+
+@pytest.mark.slow
+def test_jitter_bench_under_planner_load():
+    from aimg.runtime.servo_bench import DEFAULT_CHECKPOINT, bench_servo_jitter
+
+    if not (DEFAULT_CHECKPOINT / "config.json").is_file():
+        pytest.skip("the sim-tiny checkpoint is not in this checkout")
+    result = bench_servo_jitter(250.0, 1.5, "planner")
+    bench_is_sane(result, 250.0, "planner")
+    assert result["plans_per_s"] > 0
