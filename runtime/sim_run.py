@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,13 +53,6 @@ class RunSettings:
 
 
 EPISODE_SECONDS = {"reach": 7.0, "pick": 12.0}
-
-
-def remote_arm(address: Any):
-    """The physics server's arm through a new channel (picklable factory for the servo)."""
-    from aimg.robot.remote import RemoteArm
-
-    return RemoteArm(address.connect(), "arm")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -97,16 +91,69 @@ class PathRecorder:
                     self.frames.append((dict(latest.images), stamp))
 
 
-def run_sim(settings: RunSettings, progress: bool = True) -> dict[str, Any]:
-    """Run `settings.episodes` closed-loop (or open-loop) episodes; returns the JSON report."""
+class Heartbeat:
+    """Feeds the servo loop's watchdogs at 20 Hz from a thread: the camera stream's frame age
+    (from the camera process, independent of how long a plan takes) and whether the planner
+    made progress recently. If this process stalls or dies, the heartbeats stop and the servo
+    loop holds the arm by itself."""
+
+    def __init__(self, cameras: Any, servo: Any, silence_s: float, period_s: float = 0.05):
+        self.cameras, self.servo, self.silence_s, self.period_s = (
+            cameras,
+            servo,
+            silence_s,
+            period_s,
+        )
+        self.scheduler: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            active = self.scheduler.last_active_ns if self.scheduler is not None else None
+            ok = active is not None and (time.monotonic_ns() - active) / 1e9 < self.silence_s
+            self.servo.heartbeat(frame_age_s=self.cameras.frame_age_s(), planner_ok=ok)
+
+
+@dataclass
+class EpisodeContext:
+    """What a fault-injection hook sees each loop iteration (tests and `aimg bench loop`)."""
+
+    cell: Any
+    camera: Any
+    servo: Any
+    scheduler: Any
+    elapsed_s: float
+    episode: int
+
+
+def run_sim(
+    settings: RunSettings,
+    progress: bool = True,
+    planner_wrapper: Callable[[Any], Any] | None = None,
+    on_tick: Callable[[EpisodeContext], None] | None = None,
+) -> dict[str, Any]:
+    """Run `settings.episodes` closed-loop (or open-loop) episodes; returns the JSON report.
+
+    planner_wrapper(planner) -> planner and on_tick(context) are hooks for fault injection: a
+    planner that misbehaves, a camera that stops, an arm that faults.
+    """
     from aimg.robot.sim.collect import episode_seed
     from aimg.robot.sim.mirror import make_sim_cell
     from aimg.robot.sim.supervisor import trajectory_from_plan
     from aimg.runtime.camera_process import CameraProcess
     from aimg.runtime.expert_planner import ExpertPlanner
-    from aimg.runtime.safety import SafetyLimits, check_command
+    from aimg.runtime.safety import SafetyLimits, check_commands
     from aimg.runtime.scheduler import Scheduler, SchedulerConfig
-    from aimg.runtime.servo import ServoProcess
+    from aimg.runtime.servo import ServoProcess, connect_remote_arm
 
     limits = SafetyLimits.from_dict(settings.limits) if settings.limits else SafetyLimits()
     policy = _load_policy(settings)
@@ -117,13 +164,15 @@ def run_sim(settings: RunSettings, progress: bool = True) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     cell = make_sim_cell(views=settings.views, height=settings.size, width=settings.size)
     supervisor = cell.supervisor()
-    arm_factory = functools.partial(remote_arm, cell.address)
+    arm_factory = functools.partial(connect_remote_arm, cell.address)
     camera = CameraProcess(cell.rig_factory(), fps=settings.camera_fps)
-    servo = ServoProcess(arm_factory, limits, rate_hz=settings.rate_hz)
+    servo = ServoProcess(arm_factory, limits, rate_hz=settings.rate_hz, blend_s=settings.blend_s)
     bar = _progress(settings.episodes, progress)
+    heartbeat = Heartbeat(camera, servo, silence_s=limits.max_planner_silence_s / 2)
     try:
         camera.start()
         servo.start()
+        heartbeat.__enter__()
         for index in range(settings.episodes):
             seed = episode_seed(settings.seed, index)
             servo.hold("new episode")
@@ -140,16 +189,26 @@ def run_sim(settings: RunSettings, progress: bool = True) -> dict[str, Any]:
                     policy.dt_s,
                     policy.backend.model_config.frames,
                 )
+            if planner_wrapper is not None:
+                planner = planner_wrapper(planner)
             scheduler = Scheduler(
                 planner, camera, servo, scene["instruction"], scheduler_cfg, seed=index
             )
+            heartbeat.scheduler = scheduler
             record_video = settings.video is not None and index == settings.video_episode
             with PathRecorder(camera, servo, frames=record_video) as recorder:
-                while time.monotonic_ns() - start_ns < episode_s * 1e9:
+                while (elapsed := (time.monotonic_ns() - start_ns) / 1e9) < episode_s:
+                    if on_tick is not None:
+                        on_tick(EpisodeContext(cell, camera, servo, scheduler, elapsed, index))
                     if scheduler.done:
+                        scheduler.last_active_ns = time.monotonic_ns()  # open loop: idle, alive
                         time.sleep(0.05)
                         continue
-                    record = scheduler.step()
+                    try:
+                        record = scheduler.step()
+                    except Exception as exc:  # a failing planner must stop the arm, not the run
+                        scheduler.stop(f"planner failed: {type(exc).__name__}: {exc}")
+                        record = None
                     if record is not None and len(record.positions):
                         recorder.plans.append((record.ready_ns, record.positions))
             servo.hold("episode over")
@@ -162,9 +221,10 @@ def run_sim(settings: RunSettings, progress: bool = True) -> dict[str, Any]:
             bar.update(1)
             bar.set_postfix_str(f"success {sum(r['success'] for r in results)}/{len(results)}")
         commands = servo.commands()
-        violations = _monitor(commands, limits, settings.rate_hz, check_command)
+        violations = check_commands(commands, limits, 1.0 / settings.rate_hz)
         report = _summary(settings, results, servo, camera, violations, len(commands))
     finally:
+        heartbeat.__exit__()
         bar.close()
         servo.close()
         camera.close()
@@ -217,19 +277,8 @@ def _score(supervisor, servo, scene, scheduler, index: int, seed: int) -> dict[s
             r.seam_velocity_m_s for r in records if np.isfinite(r.seam_velocity_m_s)
         ],
         "dropped_invalid": sum(r.dropped_invalid for r in records),
+        "stopped": scheduler.stopped_reason,
     }
-
-
-def _monitor(commands, limits, rate_hz: float, check_command) -> list[str]:
-    """Every command the arm received, checked against the limits by the pure checker."""
-    violations: list[str] = []
-    previous: list[Any] = []
-    for command in commands:
-        if len(previous) == 2:
-            found = check_command(previous[0], previous[1], command, limits, 1.0 / rate_hz)
-            violations += found
-        previous = [*previous[-1:], command]
-    return violations
 
 
 def _summary(settings, results, servo, camera, violations, num_commands) -> dict[str, Any]:
@@ -238,8 +287,10 @@ def _summary(settings, results, servo, camera, violations, num_commands) -> dict
     seams_v = [x for r in results for x in r["seam_velocity_m_s"]]
     errors = [r["final_xy_error_m"] for r in results]
     events: dict[str, int] = {}
+    messages: dict[str, str] = {}
     for event in servo.events():
         events[event.kind] = events.get(event.kind, 0) + 1
+        messages.setdefault(event.kind, event.message)
     return {
         "settings": {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()
@@ -254,9 +305,10 @@ def _summary(settings, results, servo, camera, violations, num_commands) -> dict
         "seam_position_p95_m": percentile(seams_p, 95),
         "seam_velocity_p50_m_s": percentile(seams_v, 50),
         "seam_velocity_p95_m_s": percentile(seams_v, 95),
-        "control": servo.stats(),
-        "cameras": camera.stats(),
+        "control": _plain(servo.stats()),
+        "cameras": _plain(camera.stats()),
         "safety_events": events,
+        "safety_event_examples": messages,
         "commands_checked": num_commands,
         "out_of_limit_commands": len(violations),
         "violations": violations[:10],
@@ -281,3 +333,18 @@ def _write_video(path: Path, recorder: PathRecorder, cameras: dict, result: dict
                     frame = draw_overlay(frame, cameras[name], executed, (0, 200, 255))
                 views.append(frame)
             writer.append(tile(views))
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses and NumPy values -> JSON-friendly data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

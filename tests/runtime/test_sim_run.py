@@ -1,0 +1,163 @@
+"""`aimg run --sim` end to end: the real processes (physics server, camera process, servo
+process, planner), real time, and faults injected into each; an independent monitor
+(`check_commands` over every command the arm received) must find nothing out of limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+from artifact_fixtures import SIM_TINY
+
+from aimg.runtime.sim_run import EpisodeContext, RunSettings, run_sim
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sim_run")]
+
+BASE = RunSettings(task="reach", episodes=1, seed=31, model=SIM_TINY, episode_s=4.0)
+
+
+def _run(planner="expert", **kwargs) -> dict:
+    hooks = {k: kwargs.pop(k) for k in ("planner_wrapper", "on_tick") if k in kwargs}
+    settings = dataclasses.replace(BASE, planner=planner, **kwargs)
+    return run_sim(settings, progress=False, **hooks)
+
+
+def _assert_safe(report: dict) -> None:
+    assert report["commands_checked"] > 100
+    assert report["out_of_limit_commands"] == 0, report["violations"]
+
+
+class Misbehaving:
+    """Wraps a planner; from its `after`-th plan on, `corrupt(actions)` edits every plan."""
+
+    def __init__(self, inner, corrupt, after: int = 3, raises: Exception | None = None):
+        self.inner, self.corrupt, self.after, self.raises = inner, corrupt, after, raises
+        self.dt_s, self.spec = inner.dt_s, inner.spec
+        self.calls = 0
+
+    def plan(self, *args, **kwargs):
+        self.calls += 1
+        plan = self.inner.plan(*args, **kwargs)
+        if self.calls <= self.after:
+            return plan
+        if self.raises is not None:
+            raise self.raises
+        actions = self.corrupt(plan.waypoints.actions.copy())
+        confidence = plan.waypoints.confidence.copy()
+        if actions.shape[1] == 8:  # the corruption also set a confidence column
+            actions, confidence = actions[:, :7], actions[:, 7]
+        waypoints = type(plan.waypoints).from_actions(
+            actions, plan.waypoints.times_ns, confidence, plan.waypoints.plan_id, "faulty"
+        )
+        return dataclasses.replace(plan, waypoints=waypoints)
+
+
+def _corrupt(kind: str):
+    def apply(actions: np.ndarray) -> np.ndarray:
+        if kind == "nan":
+            actions[1:, :3] = np.nan
+        elif kind == "outside":
+            actions[1:, 0] = 2.0  # 2 m in front of the robot
+        elif kind == "jump":
+            actions[1:, 2] += 0.4  # 40 cm up, one frame later
+        elif kind == "low_confidence":
+            return np.concatenate([actions, np.full((len(actions), 1), 0.01)], axis=1)
+        return actions
+
+    return apply
+
+
+def test_the_expert_reaches_in_closed_loop_within_the_limits():
+    report = _run("expert", episodes=2)
+    assert report["success_rate"] == 1.0
+    assert report["replans_per_episode"] > 5
+    _assert_safe(report)
+
+
+def test_the_bundled_model_runs_the_whole_loop_within_the_limits():
+    report = _run("model")
+    assert report["per_episode"][0]["replans"] >= 1
+    assert report["plan_latency_p50_s"] > 0
+    _assert_safe(report)
+
+
+@pytest.mark.parametrize(
+    ("kind", "event"),
+    [
+        ("nan", "reject_nonfinite"),
+        ("outside", "clamp_workspace"),
+        ("jump", "clamp"),
+        ("low_confidence", "reject_low_confidence"),
+    ],
+)
+def test_a_misbehaving_planner_is_clamped_or_held(kind, event):
+    wrapper = functools.partial(Misbehaving, corrupt=_corrupt(kind))
+    report = _run(planner_wrapper=wrapper)
+    assert any(k.startswith(event) for k in report["safety_events"]), report["safety_events"]
+    _assert_safe(report)
+
+
+def test_a_planner_that_raises_stops_the_arm_with_the_reason():
+    wrapper = functools.partial(Misbehaving, corrupt=None, raises=RuntimeError("CUDA lost"))
+    report = _run(planner_wrapper=wrapper)
+    assert "planner failed: RuntimeError: CUDA lost" in report["per_episode"][0]["stopped"]
+    assert report["safety_events"].get("hold", 0) >= 1
+    _assert_safe(report)
+
+
+def _at(seconds: float, action):
+    done = []
+
+    def hook(ctx: EpisodeContext) -> None:
+        if ctx.elapsed_s > seconds and not done:
+            done.append(True)
+            action(ctx)
+
+    return hook
+
+
+def test_cameras_that_stop_delivering_hold_the_arm():
+    report = _run(on_tick=_at(1.5, lambda ctx: ctx.camera.inject("pause")))
+    assert report["safety_events"].get("stale_frames", 0) >= 1, report["safety_events"]
+    _assert_safe(report)
+
+
+def test_camera_timestamps_that_jump_back_stop_the_planner():
+    report = _run(on_tick=_at(1.5, lambda ctx: ctx.camera.inject("timestamps_back", seconds=1.0)))
+    assert "timestamps went backwards" in (report["per_episode"][0]["stopped"] or "")
+    _assert_safe(report)
+
+
+def test_an_arm_error_mid_motion_holds_with_the_error_named():
+    def fault(ctx: EpisodeContext) -> None:
+        from aimg.runtime.servo import connect_remote_arm
+
+        connect_remote_arm(ctx.cell.address).emergency_stop()  # C1 from outside the loop
+
+    report = _run(on_tick=_at(1.0, fault))
+    assert report["safety_events"].get("arm_error", 0) >= 1, report["safety_events"]
+    _assert_safe(report)
+
+
+def test_servo_overruns_are_reported_and_stay_within_the_limits():
+    report = _run(on_tick=_at(1.0, lambda ctx: ctx.servo.inject_tick_delay(0.03, ticks=8)))
+    assert report["control"]["overruns"] >= 1
+    assert report["safety_events"].get("overrun", 0) >= 1
+    _assert_safe(report)
+
+
+def test_a_silent_planner_is_held_by_the_servo_watchdog():
+    def stall(ctx: EpisodeContext) -> None:
+        import time
+
+        time.sleep(3.0)  # the planner (this process) hangs; heartbeats say it is silent
+
+    report = _run(
+        on_tick=_at(0.5, stall),
+        limits={"max_planner_silence_s": 1.0},
+        episode_s=5.0,
+    )
+    assert report["safety_events"].get("planner_silent", 0) >= 1, report["safety_events"]
+    _assert_safe(report)
