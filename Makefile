@@ -6,8 +6,8 @@ setup:
 
 demo: setup
 	.venv/bin/aimg export onnx assets/sim-tiny --out runs/artifacts/sim-tiny
-	.venv/bin/aimg export check runs/artifacts/sim-tiny > runs/artifacts/sim-tiny/check.json
-	.venv/bin/aimg bench policy --artifact runs/artifacts/sim-tiny --repeats 3
+	.venv/bin/aimg run --sim --task reach --episodes 5 --model runs/artifacts/sim-tiny \
+		--video runs/demo-reach.mp4 --out runs/demo-reach.json
 
 test: setup
 	.venv/bin/python -m pytest -n 2 --dist loadgroup

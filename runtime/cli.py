@@ -84,6 +84,11 @@ def run(
         help="How a new plan joins the executing one: blend (position- and velocity-continuous "
         "blend) or inpaint (the plan is conditioned on what executes during inference).",
     ),
+    fixed_noise: bool = typer.Option(
+        True,
+        "--fixed-noise/--fresh-noise",
+        help="Every plan of an episode starts from the same noise (default), or a fresh draw.",
+    ),
     episode_seconds: float = typer.Option(
         None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
     ),
@@ -120,6 +125,7 @@ def run(
         planner=planner,
         open_loop=open_loop,
         join=join,
+        fixed_noise=fixed_noise,
         episode_s=episode_seconds,
         rate_hz=rate,
         threads=threads,
@@ -132,3 +138,60 @@ def run(
         out.write_text(text + "\n")
     summary = {k: v for k, v in report.items() if k != "per_episode"}
     typer.echo(json.dumps(summary, indent=2))
+    successes = sum(e["success"] for e in report["per_episode"])
+    typer.echo(
+        f"{task}: {successes}/{report['episodes']} episodes succeeded "
+        f"({100 * report['success_rate']:.0f} %), median final distance to the target "
+        f"{100 * (report['final_xy_error_median_m'] or 0):.1f} cm, plan latency "
+        f"p50 {report['plan_latency_p50_s'] or 0:.2f} s, servo jitter p99 "
+        f"{report['control']['jitter_ms']['p99']:.3f} ms, "
+        f"{report['out_of_limit_commands']} commands out of limits",
+        err=True,
+    )
+
+
+def bench_loop(
+    seconds: float = typer.Option(20.0, min=2.0, help="Seconds per jitter measurement."),
+    rates: str = typer.Option("100,250", help="Servo rates to measure (Hz, comma-separated)."),
+    load: str = typer.Option(
+        "planner", help="planner (sim-tiny planning flat out in another process) or none."
+    ),
+    model: Path = typer.Option(
+        Path("assets/sim-tiny"), help="Model of the latency-breakdown run (checkpoint/artifact)."
+    ),
+    episodes: int = typer.Option(
+        1, min=0, help="Closed-loop sim episodes for the latency breakdown (0: skip)."
+    ),
+    as_json: bool = typer.Option(True, "--json/--no-json", help="Print JSON (default)."),
+) -> None:
+    """Servo-period jitter under planner load, and a plan's latency breakdown in the loop.
+
+    Jitter (p50/p99/max of tick start minus schedule) at each rate while sim-tiny plans flat
+    out; then a short `aimg run --sim` whose plans report capture, preprocessing, encoding,
+    sampling, decoding, hand-over and first command, and the planner's overhead beside the
+    model.
+    """
+    from aimg.runtime.servo_bench import bench_servo_jitter
+    from aimg.runtime.sim_run import RunSettings, run_sim
+
+    result: dict = {"jitter": {}}
+    for rate in (float(r) for r in rates.split(",") if r.strip()):
+        result["jitter"][f"{rate:g}_hz"] = bench_servo_jitter(rate, seconds, load=load)
+    if episodes:
+        report = run_sim(
+            RunSettings(episodes=episodes, model=model, measure_first_command=True),
+            progress=False,
+        )
+        result["loop"] = {
+            k: report[k]
+            for k in (
+                "episodes",
+                "success_rate",
+                "plan_latency_p50_s",
+                "plan_latency_p95_s",
+                "latency_breakdown_p50_s",
+                "control",
+                "out_of_limit_commands",
+            )
+        }
+    typer.echo(json.dumps(result, indent=2) if as_json else str(result))

@@ -113,7 +113,9 @@ class SafetyLimits:
     `cone_axis` is a base-frame direction; the tool z axis stays within `orientation_cone_deg`
     of it ((0, 0, -1): pointing down). Ages and silences are seconds; overruns count ticks.
     `max_tracking_error_m` holds when the measured TCP lags the last command by more than that,
-    far below the firmware's 0.10 m servo-jump limit.
+    far below the firmware's 0.10 m servo-jump limit. `min_confidence` gates the planner's
+    per-waypoint confidence (`aimg.runtime.policy.waypoint_confidence`: how well the views
+    agree on the pose, in metres at the tool; 0.2 is an RMS disagreement of about 1.8 cm).
     """
 
     workspace_low: tuple[float, float, float] = (0.15, -0.45, 0.005)

@@ -38,7 +38,11 @@ class SchedulerConfig:
     join: "blend" or "inpaint" (see the module docstring); blend_s: blend duration;
     latency_margin_s: extra time allowed for the plan to reach the servo loop; max_frame_age_s:
     frames older than this are not planned from (the servo's watchdog holds the arm);
-    open_loop: plan once per episode and execute it (the reference's mode).
+    open_loop: plan once per episode and execute it (the reference's mode);
+    measure_first_command: after each submit, wait (<= 50 ms) for the servo loop's first
+    command from the new plan, for the latency breakdown of `aimg bench loop`;
+    fixed_noise: every plan of a task starts from the same noise (successive plans then differ
+    only where the observation differs, instead of resampling the plan's spread each time).
     """
 
     join: Literal["blend", "inpaint"] = "blend"
@@ -46,6 +50,8 @@ class SchedulerConfig:
     latency_margin_s: float = 0.02
     max_frame_age_s: float = 0.5
     open_loop: bool = False
+    measure_first_command: bool = False
+    fixed_noise: bool = True
 
 
 @dataclass
@@ -62,6 +68,9 @@ class ReplanRecord:
     seam_velocity_m_s: float
     timings: dict[str, Any] = field(default_factory=dict)
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    started_ns: int = 0
+    submit_ns: int = 0
+    first_command_ns: int | None = None
 
     @property
     def latency_s(self) -> float:
@@ -139,6 +148,7 @@ class Scheduler:
         if frames is None:
             return None
         self.last_frame_counter = frame_counter(frames)
+        started_ns = time.monotonic_ns()
         if bool(frames.extras.get(EXTRA_TIMESTAMPS_BACKWARDS, False)):
             self.stop(
                 "camera timestamps went backwards: the frames cannot be ordered in time, so "
@@ -158,13 +168,26 @@ class Scheduler:
             tool_pose,
             observation_ns,
             self.instruction,
-            seed=self.seed + len(self.records),
+            seed=self.seed if self.config.fixed_noise else self.seed + len(self.records),
             prefix=prefix,
         )
         self.latency.update(plan.latency_s)
         record = self._submit(plan)
+        record.started_ns = started_ns
+        if self.config.measure_first_command and record.submitted:
+            record.first_command_ns = self._first_command(record.plan_id)
         self.last_active_ns = time.monotonic_ns()
         return record
+
+    def _first_command(self, plan_id: int, timeout_s: float = 0.05) -> int | None:
+        """When the servo loop first commanded from plan `plan_id` (None if not seen)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.servo.state()
+            if state.plan_id == plan_id:
+                return int(state.command_time_ns)
+            time.sleep(0.0005)
+        return None
 
     def _prefix(self, observation_ns: int) -> np.ndarray | None:
         """Poses of the executing trajectory at the plan's frame times until it will be ready."""
@@ -200,10 +223,12 @@ class Scheduler:
         past = int((valid & ~future)[1:].sum())
         selected = _select(waypoints, keep)
         seam_p, seam_v = np.nan, np.nan
+        submit_ns = 0
         if future.any():
             if self.executing is not None:
                 seam_p, seam_v = _seam(self.executing, Trajectory(selected), arrive_ns)
             self.servo.submit(selected)
+            submit_ns = time.monotonic_ns()
             self.executing = (
                 join(self.executing, selected, arrive_ns, self.config.blend_s)
                 if self.executing is not None
@@ -220,6 +245,7 @@ class Scheduler:
             seam_velocity_m_s=float(seam_v),
             timings=plan.timings,
             positions=waypoints.positions[valid],
+            submit_ns=submit_ns,
         )
         self.records.append(record)
         return record

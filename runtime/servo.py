@@ -6,7 +6,8 @@ target through the `SafetyFilter` and commands the arm. The client talks to it w
 
 - client -> loop: a `multiprocessing.Queue` of small tuples, drained by the loop once per tick
   (`put` returns at once: a feeder thread does the pickling and writing):
-  `("submit", Waypoints)`, `("hold", reason)`, `("estop", reason)`, `("reset",)`,
+  `("submit", Waypoints)`, `("hold", reason)`, `("pause", reason)`, `("estop", reason)`,
+  `("reset",)`,
   `("heartbeat", frame_age_s | None, planner_ok | None, sent_ns)`,
   `("tick_delay", seconds, ticks)` (a test hook that makes ticks slow), `("stop",)`.
   Of several submits waiting at one tick, only the newest is joined.
@@ -53,7 +54,7 @@ from aimg.runtime.waypoints import Waypoints
 
 log = logging.getLogger(__name__)
 
-MODES = ("starting", "idle", "tracking", "holding", "estopped", "error", "stopped")
+MODES = ("starting", "idle", "tracking", "holding", "paused", "estopped", "error", "stopped")
 MIN_RATE_HZ, MAX_RATE_HZ = 50.0, 250.0
 #: Sleep until this long before a tick, then spin: wake-up latency of a sleeping thread is
 #: tens of microseconds with SCHED_FIFO and up to ~1 ms without.
@@ -243,6 +244,7 @@ class _ServoLoop:
         self.arm: Arm | None = None
         self.traj: Trajectory | None = None
         self.held = False
+        self.paused = False
         self.stop_requested = False
         self.plan_id = 0
         self.plan_ns: int | None = None
@@ -337,6 +339,11 @@ class _ServoLoop:
                 self.estop(message[1], now_ns)
             elif kind == "reset":
                 self.reset(now_ns)
+            elif kind == "pause":
+                newest = None
+                self.traj = None
+                self.paused = True
+                self.emit(SafetyEvent(now_ns, "pause", "hold", f"paused: {message[1]}"))
             elif kind == "heartbeat":
                 _, frame_age_s, planner_ok, _sent_ns = message
                 if frame_age_s is not None:
@@ -352,8 +359,14 @@ class _ServoLoop:
 
     def submit(self, waypoints: Waypoints, now_ns: int) -> None:
         at_ns = now_ns + self.lead_ns
-        if self.filter.estopped or self.filter.faulted:
-            why = "estopped" if self.filter.estopped else "the arm is in error"
+        if self.filter.estopped or self.filter.faulted or self.paused:
+            why = (
+                "estopped"
+                if self.filter.estopped
+                else "the arm is in error"
+                if self.filter.faulted
+                else "paused until reset"
+            )
             self.emit(
                 SafetyEvent(now_ns, "plan_ignored", "info", f"plan {waypoints.plan_id}: {why}")
             )
@@ -409,6 +422,7 @@ class _ServoLoop:
     def reset(self, now_ns: int) -> None:
         self.traj = None
         self.held = True
+        self.paused = False
         self.arm.clear_errors()
         try:
             self.arm.enable()
@@ -445,6 +459,8 @@ class _ServoLoop:
         self.last_state = state
         if self.stop_requested:
             return "stopped"
+        if self.paused:  # nothing is sent until reset(), which restarts from the measured pose
+            return "paused"
         target = gripper = confidence = None
         t_ns = now_ns + self.lead_ns
         if self.traj is not None:
@@ -780,6 +796,11 @@ class ServoProcess:
     def estop(self, reason: str) -> None:
         """Emergency stop: latches (the arm's emergency_stop) until `reset()`."""
         self._send(("estop", str(reason)))
+
+    def pause(self, reason: str) -> None:
+        """Stop sending commands at all until `reset()` (e.g. while a simulator teleports the
+        arm to a new start pose); the arm holds by itself in servo mode."""
+        self._send(("pause", reason))
 
     def reset(self) -> None:
         """Clear the estop / arm-error latch: clear_errors + enable, then hold where it is."""

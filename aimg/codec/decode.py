@@ -35,7 +35,8 @@ class DecodedActions:
     NaN pose where a frame could not be solved. points: [T, 3, 3] base-frame points (position,
     +x point, -z point) of the fitted rigid pose. confidence: [T] in [0, 1].
     reprojection_error: [T] weighted RMS pixel residual. gripper_level: [T] blue background
-    level (about 0.25 open, 0 closed).
+    level (about 0.25 open, 0 closed). multi_view: [T] bool, every point seen by at least two
+    views (callers that weigh agreement their own way, e.g. in metres, need it apart).
     """
 
     actions: np.ndarray
@@ -43,6 +44,7 @@ class DecodedActions:
     confidence: np.ndarray
     reprojection_error: np.ndarray
     gripper_level: np.ndarray
+    multi_view: np.ndarray | None = None
 
 
 def decode(
@@ -122,17 +124,20 @@ def decode(
         euler[solved] = matrix_to_euler_xyz(pose[solved, :3, :3])
     actions = np.concatenate([pose[:, :3, 3], euler, gripper[:, None]], axis=1)
     points = pose[:, None, :3, 3] + np.einsum("tij,kj->tki", pose[:, :3, :3], TOOL_POINTS)
-    confidence = _confidence(stats, level, gripper_threshold, sigma)
-    return DecodedActions(actions, points, confidence, stats[:, 0], level)
+    confidence = _pose_confidence(stats, sigma) * _gripper_margin(level, gripper_threshold)
+    multi_view = stats[:, 2] > 0
+    return DecodedActions(actions, points, confidence, stats[:, 0], level, multi_view)
 
 
-def _confidence(
-    stats: np.ndarray, level: np.ndarray, gripper_threshold: float, sigma: float
-) -> np.ndarray:
-    """[T] in [0, 1]: reprojection agreement x multi-view coverage x gripper margin."""
+def _pose_confidence(stats: np.ndarray, sigma: float) -> np.ndarray:
+    """[T] in [0, 1]: reprojection agreement x multi-view coverage."""
     tolerance = max(0.25, 0.03 * sigma)
     rms = np.nan_to_num(stats[:, 0], nan=np.inf)
     agreement = np.exp(-0.5 * (rms / tolerance) ** 2)
     coverage = np.where(stats[:, 2] > 0, 1.0, 0.7)
-    margin = np.clip(np.abs(level - gripper_threshold) / (0.5 * gripper_threshold), 0.0, 1.0)
-    return agreement * coverage * margin
+    return agreement * coverage
+
+
+def _gripper_margin(level: np.ndarray, gripper_threshold: float) -> np.ndarray:
+    """[T] in [0, 1]: how far the blue background level is from the open/closed threshold."""
+    return np.clip(np.abs(level - gripper_threshold) / (0.5 * gripper_threshold), 0.0, 1.0)

@@ -328,3 +328,20 @@ def test_jitter_bench_under_planner_load():
     result = bench_servo_jitter(250.0, 1.5, "planner")
     bench_is_sane(result, 250.0, "planner")
     assert result["plans_per_s"] > 0
+
+
+def test_pause_sends_nothing_until_reset_restarts_from_the_measured_pose():
+    """What `aimg run --sim` does around the simulator's teleport to a new start pose."""
+    with servo_process() as servo:
+        wait_for(servo, lambda s: s.mode == "idle")
+        servo.pause("teleport")
+        paused = wait_for(servo, lambda s: s.mode == "paused")
+        sent = len(servo.commands())
+        servo.submit(plan(HOME, [[0, 0, 0], [0.05, 0, 0]], plan_id=2))
+        time.sleep(0.3)
+        assert servo.state().mode == "paused" and len(servo.commands()) == sent
+        assert {"pause", "plan_ignored"} <= kinds(servo.events())
+        servo.reset()
+        resumed = wait_for(servo, lambda s: s.mode == "holding")
+        assert resumed.segment == paused.segment + 1
+        assert_no_violations(servo)
