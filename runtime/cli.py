@@ -89,6 +89,12 @@ def run(
         "--fixed-noise/--fresh-noise",
         help="Every plan of an episode starts from the same noise (default), or a fresh draw.",
     ),
+    ensemble: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Temporal ensembling time constant (s): each new plan is averaged with what the "
+        "recent plans predicted for the same instants (0: off).",
+    ),
     episode_seconds: float = typer.Option(
         None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
     ),
@@ -126,6 +132,7 @@ def run(
         open_loop=open_loop,
         join=join,
         fixed_noise=fixed_noise,
+        ensemble_s=ensemble,
         episode_s=episode_seconds,
         rate_hz=rate,
         threads=threads,

@@ -18,6 +18,8 @@ plan at the join) are recorded for each replan, so both can be compared on the s
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,7 +44,11 @@ class SchedulerConfig:
     measure_first_command: after each submit, wait (<= 50 ms) for the servo loop's first
     command from the new plan, for the latency breakdown of `aimg bench loop`;
     fixed_noise: every plan of a task starts from the same noise (successive plans then differ
-    only where the observation differs, instead of resampling the plan's spread each time).
+    only where the observation differs, instead of resampling the plan's spread each time);
+    ensemble_s: temporal ensembling (> 0): each new waypoint's position becomes the weighted
+    mean of what the recent plans predicted for that instant (a plan holds its last pose after
+    its end, so the goal is averaged too), weights exp(-age / ensemble_s); the plans of one
+    task are noisy estimates of the same motion, and their mean is a better one.
     """
 
     join: Literal["blend", "inpaint"] = "blend"
@@ -52,6 +58,7 @@ class SchedulerConfig:
     open_loop: bool = False
     measure_first_command: bool = False
     fixed_noise: bool = True
+    ensemble_s: float = 0.0
 
 
 @dataclass
@@ -95,6 +102,56 @@ class LatencyEstimate:
         return max(float(np.median(self.values)), self.values[-1])
 
 
+class PoseHistory:
+    """The arm's measured pose over the last seconds, sampled from the servo's status in a
+    thread (a shared-memory read, ~every 5 ms), so a plan is conditioned on where the arm was
+    when its frames were captured, not where it is by the time planning starts: at 0.25 m/s,
+    the 100-200 ms between capture and planning is 2-5 cm, which the current-pose action image
+    would contradict the frames by."""
+
+    def __init__(self, servo: Any, period_s: float = 0.005, seconds: float = 3.0) -> None:
+        self.servo = servo
+        self.period_s = period_s
+        self.samples: deque[tuple[int, np.ndarray, float]] = deque(maxlen=int(seconds / period_s))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> PoseHistory:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        last = None
+        while not self._stop.wait(self.period_s):
+            state = self.servo.state()
+            # `time_ns` is the tick (host clock) at which the loop read this state; the state's
+            # own stamp is on the arm's clock, which need not be the host's.
+            if state.tick != last and state.tool_pose is not None:
+                last = state.tick
+                self.samples.append((int(state.time_ns), state.tool_pose, state.gripper))
+
+    def at(self, t_ns: int) -> tuple[np.ndarray, float] | None:
+        """Pose [4, 4] and gripper at `t_ns`: position interpolated linearly between the two
+        samples around it, rotation and gripper of the nearer one; None without samples."""
+        samples = list(self.samples)
+        if not samples:
+            return None
+        times = np.array([s[0] for s in samples])
+        i = int(np.searchsorted(times, t_ns))
+        if i == 0 or i >= len(samples):
+            _, pose, gripper = samples[min(i, len(samples) - 1)]
+            return pose, gripper
+        (t0, p0, g0), (t1, p1, g1) = samples[i - 1], samples[i]
+        w = (t_ns - t0) / max(t1 - t0, 1)
+        pose = (p0 if w < 0.5 else p1).copy()
+        pose[:3, 3] = (1 - w) * p0[:3, 3] + w * p1[:3, 3]
+        return pose, g0 if w < 0.5 else g1
+
+
 class Scheduler:
     """Runs replan cycles for one task; see the module docstring.
 
@@ -111,6 +168,7 @@ class Scheduler:
         instruction: str,
         config: SchedulerConfig | None = None,
         seed: int = 0,
+        poses: PoseHistory | None = None,
     ) -> None:
         self.planner = planner
         self.cameras = cameras
@@ -118,6 +176,8 @@ class Scheduler:
         self.instruction = instruction
         self.config = config or SchedulerConfig()
         self.seed = seed
+        self.poses = poses
+        self.history: list[tuple[int, Trajectory]] = []
         self.latency = LatencyEstimate()
         self.executing: Trajectory | None = None
         self.records: list[ReplanRecord] = []
@@ -159,8 +219,11 @@ class Scheduler:
         age_s = (time.monotonic_ns() - observation_ns) / 1e9
         if age_s > self.config.max_frame_age_s:
             return None
-        state = self.servo.state()
-        tool_pose = matrix_to_action(state.tool_pose, state.gripper)
+        measured = self.poses.at(observation_ns) if self.poses is not None else None
+        if measured is None:
+            state = self.servo.state()
+            measured = (state.tool_pose, state.gripper)
+        tool_pose = matrix_to_action(*measured)
         prefix = self._prefix(observation_ns) if self.config.join == "inpaint" else None
         plan = self.planner.plan(
             frames.images,
@@ -203,6 +266,23 @@ class Scheduler:
             k += 1
         return np.stack(poses) if poses else None
 
+    def _ensemble(self, waypoints: Waypoints, valid: np.ndarray) -> Waypoints:
+        """Positions averaged with the recent plans' predictions (see `ensemble_s`)."""
+        tau_ns = self.config.ensemble_s * 1e9
+        now = waypoints.times_ns[0]
+        self.history = [(t, p) for t, p in self.history if now - t < 5 * tau_ns]
+        if not self.history or valid.sum() < 2:
+            return waypoints
+        positions = waypoints.positions.copy()
+        for k in np.flatnonzero(valid)[1:]:  # frame 0 is the measured pose
+            total, weight = positions[k].copy(), 1.0
+            for t_obs, old in self.history:
+                w = float(np.exp(-(now - t_obs) / tau_ns))
+                total += w * old.sample(int(waypoints.times_ns[k]))[0][:3, 3]
+                weight += w
+            positions[k] = total / weight
+        return dataclasses.replace(waypoints, positions=positions)
+
     def _submit(self, plan) -> ReplanRecord:
         waypoints: Waypoints = plan.waypoints
         # Waypoints the safety filter would reject are dropped here, one by one, so one
@@ -210,6 +290,10 @@ class Scheduler:
         min_confidence = getattr(getattr(self.servo, "limits", None), "min_confidence", 0.0)
         valid = waypoints.finite & (waypoints.confidence > 0)
         valid &= waypoints.confidence >= min_confidence
+        if self.config.ensemble_s > 0 and valid.sum() >= 2:
+            own = Trajectory(_select(waypoints, valid))
+            waypoints = self._ensemble(waypoints, valid)
+            self.history.append((int(waypoints.times_ns[0]), own))
         invalid = int((~valid[1:]).sum())  # frame 0 is the conditioning pose
         now_ns = time.monotonic_ns()
         arrive_ns = now_ns + int(self.config.latency_margin_s * 1e9)

@@ -52,6 +52,7 @@ class RunSettings:
     limits: dict[str, Any] = field(default_factory=dict)
     measure_first_command: bool = False
     fixed_noise: bool = True
+    ensemble_s: float = 0.0
 
 
 EPISODE_SECONDS = {"reach": 7.0, "pick": 12.0}
@@ -154,7 +155,7 @@ def run_sim(
     from aimg.runtime.camera_process import CameraProcess
     from aimg.runtime.expert_planner import ExpertPlanner
     from aimg.runtime.safety import SafetyLimits, check_commands
-    from aimg.runtime.scheduler import Scheduler, SchedulerConfig
+    from aimg.runtime.scheduler import PoseHistory, Scheduler, SchedulerConfig
     from aimg.runtime.servo import ServoProcess, connect_remote_arm
 
     limits = SafetyLimits.from_dict(settings.limits) if settings.limits else SafetyLimits()
@@ -166,6 +167,7 @@ def run_sim(
         open_loop=settings.open_loop,
         measure_first_command=settings.measure_first_command,
         fixed_noise=settings.fixed_noise,
+        ensemble_s=settings.ensemble_s,
     )
     results: list[dict[str, Any]] = []
     cell = make_sim_cell(views=settings.views, height=settings.size, width=settings.size)
@@ -175,10 +177,12 @@ def run_sim(
     servo = ServoProcess(arm_factory, limits, rate_hz=settings.rate_hz, blend_s=settings.blend_s)
     bar = _progress(settings.episodes, progress)
     heartbeat = Heartbeat(camera, servo, silence_s=limits.max_planner_silence_s / 2)
+    poses = PoseHistory(servo)
     try:
         camera.start()
         servo.start()
         heartbeat.__enter__()
+        poses.start()
         for index in range(settings.episodes):
             seed = episode_seed(settings.seed, index)
             servo.pause("new episode: the simulator moves the arm to its start pose")
@@ -199,7 +203,7 @@ def run_sim(
             if planner_wrapper is not None:
                 planner = planner_wrapper(planner)
             scheduler = Scheduler(
-                planner, camera, servo, scene["instruction"], scheduler_cfg, seed=index
+                planner, camera, servo, scene["instruction"], scheduler_cfg, index, poses
             )
             heartbeat.scheduler = scheduler
             record_video = settings.video is not None and index == settings.video_episode
@@ -231,6 +235,7 @@ def run_sim(
         violations = check_commands(commands, limits, 1.0 / settings.rate_hz)
         report = _summary(settings, results, servo, camera, violations, len(commands))
     finally:
+        poses.close()
         heartbeat.__exit__()
         bar.close()
         servo.close()

@@ -1,0 +1,63 @@
+"""Scheduler pieces that need no processes: latency estimate, ensembling, the pose history.
+
+The whole scheduler runs against the real processes in test_sim_run.py."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from aimg.runtime.scheduler import LatencyEstimate, PoseHistory, Scheduler, SchedulerConfig
+from aimg.runtime.trajectory import Trajectory
+from aimg.runtime.waypoints import Waypoints
+
+
+def _waypoints(t0_ns: int, xs, plan_id: int = 1) -> Waypoints:
+    k = len(xs)
+    positions = np.stack([[x, 0.0, 0.2] for x in xs])
+    rotations = np.repeat(np.diag([1.0, -1.0, -1.0])[None], k, axis=0)
+    times = t0_ns + np.arange(k, dtype=np.int64) * 800_000_000
+    return Waypoints(times, positions, rotations, np.ones(k), np.ones(k), plan_id)
+
+
+def test_a_slow_plan_raises_the_latency_estimate_at_once_and_a_fast_one_lowers_it_slowly():
+    estimate = LatencyEstimate(initial_s=0.5)
+    for value in (0.4, 0.4, 0.4):
+        estimate.update(value)
+    estimate.update(1.2)
+    assert estimate.seconds == 1.2
+    estimate.update(0.4)
+    assert estimate.seconds == 0.4  # median of the window again
+    assert LatencyEstimate(0.7).seconds == 0.7
+
+
+def test_ensembling_averages_a_new_plan_with_what_earlier_plans_predicted():
+    cameras = SimpleNamespace(cameras={})
+    scheduler = Scheduler(None, cameras, None, "", SchedulerConfig(ensemble_s=1e9))
+    t0 = 1_000_000_000_000
+    earlier = _waypoints(t0, [0.30, 0.40, 0.50])
+    scheduler.history.append((t0, Trajectory(earlier)))
+    new = _waypoints(t0, [0.30, 0.50, 0.70])
+    averaged = scheduler._ensemble(new, np.ones(3, dtype=bool))
+    np.testing.assert_allclose(averaged.positions[:, 0], [0.30, 0.45, 0.60])  # frame 0 kept
+
+
+def test_the_pose_history_interpolates_the_pose_at_capture_time():
+    class Servo:
+        tick = 0
+
+        def state(self):
+            self.tick += 1
+            pose = np.eye(4)
+            pose[0, 3] = 0.001 * self.tick
+            return SimpleNamespace(
+                tick=self.tick, time_ns=self.tick * 10_000_000, tool_pose=pose, gripper=1.0
+            )
+
+    history = PoseHistory(Servo(), period_s=0.001).start()
+    time.sleep(0.1)
+    history.close()
+    pose, gripper = history.at(25_000_000)  # between ticks 2 and 3
+    assert abs(pose[0, 3] - 0.0025) < 1e-9 and gripper == 1.0
