@@ -80,17 +80,18 @@ def run(
         False, "--open-loop", help="Execute one plan per episode (the reference's mode)."
     ),
     join: str = typer.Option(
-        "blend",
-        help="How a new plan joins the executing one: blend (position- and velocity-continuous "
-        "blend) or inpaint (the plan is conditioned on what executes during inference).",
+        "inpaint",
+        help="How a new plan joins the executing one: inpaint (default: the plan is conditioned "
+        "on what executes during inference, then blended) or blend (blended only).",
     ),
     fixed_noise: bool = typer.Option(
-        True,
+        False,
         "--fixed-noise/--fresh-noise",
-        help="Every plan of an episode starts from the same noise (default), or a fresh draw.",
+        help="Every plan of an episode starts from the same noise, or from a fresh draw "
+        "(default: independent draws, which the ensembling averages).",
     ),
     ensemble: float = typer.Option(
-        0.0,
+        4.0,
         min=0.0,
         help="Temporal ensembling time constant (s): each new plan is averaged with what the "
         "recent plans predicted for the same instants (0: off).",

@@ -51,14 +51,14 @@ class SchedulerConfig:
     task are noisy estimates of the same motion, and their mean is a better one.
     """
 
-    join: Literal["blend", "inpaint"] = "blend"
+    join: Literal["blend", "inpaint"] = "inpaint"
     blend_s: float = 0.3
     latency_margin_s: float = 0.02
     max_frame_age_s: float = 0.5
     open_loop: bool = False
     measure_first_command: bool = False
-    fixed_noise: bool = True
-    ensemble_s: float = 0.0
+    fixed_noise: bool = False
+    ensemble_s: float = 4.0
 
 
 @dataclass

@@ -39,7 +39,7 @@ class RunSettings:
     backend: str = "auto"
     planner: Literal["model", "expert"] = "model"
     open_loop: bool = False
-    join: Literal["blend", "inpaint"] = "blend"
+    join: Literal["blend", "inpaint"] = "inpaint"
     blend_s: float = 0.3
     episode_s: float | None = None
     rate_hz: float = 100.0
@@ -51,8 +51,8 @@ class RunSettings:
     size: int = 128
     limits: dict[str, Any] = field(default_factory=dict)
     measure_first_command: bool = False
-    fixed_noise: bool = True
-    ensemble_s: float = 0.0
+    fixed_noise: bool = False
+    ensemble_s: float = 4.0
 
 
 EPISODE_SECONDS = {"reach": 7.0, "pick": 12.0}
@@ -68,7 +68,7 @@ class PathRecorder:
 
     def __init__(self, cameras: Any, servo: Any, period_s: float = 0.1, frames: bool = False):
         self.cameras, self.servo, self.period_s, self.keep_frames = cameras, servo, period_s, frames
-        self.positions: list[np.ndarray] = []
+        self.positions: list[tuple[int, np.ndarray]] = []  # (time_ns, TCP position [3])
         self.frames: list[tuple[dict[str, np.ndarray], int]] = []
         self.plans: list[tuple[int, np.ndarray]] = []  # (time_ns, positions [K, 3])
         self._stop = threading.Event()
@@ -86,7 +86,8 @@ class PathRecorder:
         while not self._stop.wait(self.period_s):
             state = self.servo.state()
             if state is not None and state.tool_pose is not None:
-                self.positions.append(np.asarray(state.tool_pose)[:3, 3].copy())
+                pose = np.asarray(state.tool_pose)[:3, 3].copy()
+                self.positions.append((time.monotonic_ns(), pose))
             if self.keep_frames:
                 latest = self.cameras.latest()
                 if latest is not None:
@@ -376,17 +377,19 @@ def _write_video(path: Path, recorder: PathRecorder, cameras: dict, result: dict
     from aimg.runtime.video import VideoWriter, draw_overlay, tile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    executed = np.array(recorder.positions) if recorder.positions else np.zeros((0, 3))
+    times = np.array([t for t, _ in recorder.positions], dtype=np.int64)
+    path_points = np.array([p for _, p in recorder.positions]).reshape(-1, 3)
     with VideoWriter(path, fps=1.0 / recorder.period_s) as writer:
         for images, stamp in recorder.frames:
             plan = next((p for t, p in reversed(recorder.plans) if t <= stamp), None)
+            executed = path_points[times <= stamp]
             views = []
             for name, image in images.items():
                 frame = image.copy()
-                if plan is not None:
-                    frame = draw_overlay(frame, cameras[name], plan, (255, 220, 0))
-                if len(executed):
-                    frame = draw_overlay(frame, cameras[name], executed, (0, 200, 255))
+                if len(executed) > 1:  # where the tool went so far (blue)
+                    frame = draw_overlay(frame, cameras[name], executed, (0, 160, 255))
+                if plan is not None:  # the newest plan's waypoints (yellow)
+                    frame = draw_overlay(frame, cameras[name], plan, (255, 230, 0), dot_radius=1.5)
                 views.append(frame)
             writer.append(tile(views))
 

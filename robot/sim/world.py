@@ -71,6 +71,23 @@ class CellConfig:
     joint_max_force: tuple[float, ...] = field(default=(300.0, 300.0, 200.0, 100.0, 100.0, 60.0))
 
 
+@contextlib.contextmanager
+def _c_stdout_to_stderr():
+    """Send what C code writes to file descriptor 1 to stderr, so commands that print JSON on
+    stdout stay parseable while a world starts (in any process)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def tcp_offset() -> np.ndarray:
     """TCP in the flange (link6) frame, [4, 4]."""
     return pose_to_matrix(np.array([0.0, 0.0, TCP_OFFSET_M]), np.eye(3))
@@ -95,7 +112,8 @@ class SimWorld:
         self.config = config or CellConfig()
         self._pb = require("pybullet", "sim")
         bullet_client = require("pybullet_utils.bullet_client", "sim", package="pybullet")
-        self.client = bullet_client.BulletClient(connection_mode=self._pb.DIRECT)
+        with _c_stdout_to_stderr():  # PyBullet's C code prints "argv[0]=" on stdout
+            self.client = bullet_client.BulletClient(connection_mode=self._pb.DIRECT)
         self.lock = threading.RLock()
         self._urdf = urdf or light_xarm_urdf(tcp_offset_m=TCP_OFFSET_M)
         self._thread: threading.Thread | None = None
