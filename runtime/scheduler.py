@@ -178,6 +178,7 @@ class Scheduler:
         self.seed = seed
         self.poses = poses
         self.history: list[tuple[int, Trajectory]] = []
+        self.unusable = 0
         self.latency = LatencyEstimate()
         self.executing: Trajectory | None = None
         self.records: list[ReplanRecord] = []
@@ -318,6 +319,17 @@ class Scheduler:
                 if self.executing is not None
                 else Trajectory(selected)
             )
+        if future.any():
+            self.unusable = 0
+        elif (waypoints.times_ns > arrive_ns).any():  # frames ahead, none the filter would take
+            self.unusable += 1
+            if self.unusable == 2:
+                nonfinite = int((~waypoints.finite[1:]).sum())
+                self.servo.hold(
+                    f"planner gave {self.unusable} plans in a row without a usable waypoint "
+                    f"({nonfinite} non-finite frames in the last; the rest had confidence < "
+                    f"{min_confidence}): holding until a good one"
+                )
         record = ReplanRecord(
             plan_id=waypoints.plan_id,
             observation_ns=plan.observation_ns,

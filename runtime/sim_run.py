@@ -335,10 +335,12 @@ def _summary(settings, results, servo, camera, violations, num_commands) -> dict
     errors = [r["final_xy_error_m"] for r in results]
     hover = [r["final_hover_error_m"] for r in results]
     events: dict[str, int] = {}
-    messages: dict[str, str] = {}
+    messages: dict[str, list[str]] = {}
     for event in servo.events():
         events[event.kind] = events.get(event.kind, 0) + 1
-        messages.setdefault(event.kind, event.message)
+        seen = messages.setdefault(event.kind, [])
+        if event.message not in seen and len(seen) < 5:
+            seen.append(event.message)
     return {
         "settings": {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()

@@ -83,19 +83,23 @@ def test_the_bundled_model_runs_the_whole_loop_within_the_limits():
     _assert_safe(report)
 
 
-@pytest.mark.parametrize(
-    ("kind", "event"),
-    [
-        ("nan", "reject_nonfinite"),
-        ("outside", "clamp_workspace"),
-        ("jump", "clamp"),
-        ("low_confidence", "reject_low_confidence"),
-    ],
-)
-def test_a_misbehaving_planner_is_clamped_or_held(kind, event):
+@pytest.mark.parametrize(("kind", "event"), [("outside", "clamp_workspace"), ("jump", "clamp")])
+def test_a_planner_that_aims_outside_or_jumps_is_clamped(kind, event):
     wrapper = functools.partial(Misbehaving, corrupt=_corrupt(kind))
     report = _run(planner_wrapper=wrapper)
     assert any(k.startswith(event) for k in report["safety_events"]), report["safety_events"]
+    _assert_safe(report)
+
+
+@pytest.mark.parametrize(("kind", "why"), [("nan", "non-finite"), ("low_confidence", "confidence")])
+def test_a_planner_without_usable_waypoints_is_held_with_the_reason(kind, why):
+    """Unusable frames never reach the servo loop (the scheduler drops them one by one); plans
+    with none left make the scheduler hold the arm and say why."""
+    wrapper = functools.partial(Misbehaving, corrupt=_corrupt(kind))
+    report = _run(planner_wrapper=wrapper)
+    assert report["per_episode"][0]["dropped_invalid"] > 0
+    holds = report["safety_event_examples"]["hold"]
+    assert any("without a usable waypoint" in h and why in h for h in holds), holds
     _assert_safe(report)
 
 
