@@ -62,7 +62,30 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-class PathRecorder:
+class _Ticker:
+    """Calls `tick()` every `period_s` in a daemon thread between `__enter__` and `__exit__`."""
+
+    period_s = 0.1
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.tick()
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class PathRecorder(_Ticker):
     """Samples camera frames and the arm's pose in a thread while the planner works (torch and
     onnxruntime release the GIL while computing), for the episode video and the executed path."""
 
@@ -71,60 +94,35 @@ class PathRecorder:
         self.positions: list[tuple[int, np.ndarray]] = []  # (time_ns, TCP position [3])
         self.frames: list[tuple[dict[str, np.ndarray], int]] = []
         self.plans: list[tuple[int, np.ndarray]] = []  # (time_ns, positions [K, 3])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PathRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            state = self.servo.state()
-            if state is not None and state.tool_pose is not None:
-                pose = np.asarray(state.tool_pose)[:3, 3].copy()
-                self.positions.append((time.monotonic_ns(), pose))
-            if self.keep_frames:
-                latest = self.cameras.latest()
-                if latest is not None:
-                    stamp = min(latest.host_timestamps_ns.values())
-                    self.frames.append((dict(latest.images), stamp))
+    def tick(self) -> None:
+        state = self.servo.state()
+        if state is not None and state.tool_pose is not None:
+            pose = np.asarray(state.tool_pose)[:3, 3].copy()
+            self.positions.append((time.monotonic_ns(), pose))
+        if self.keep_frames:
+            latest = self.cameras.latest()
+            if latest is not None:
+                stamp = min(latest.host_timestamps_ns.values())
+                self.frames.append((dict(latest.images), stamp))
 
 
-class Heartbeat:
+class Heartbeat(_Ticker):
     """Feeds the servo loop's watchdogs at 20 Hz from a thread: the camera stream's frame age
     (from the camera process, independent of how long a plan takes) and whether the planner
     made progress recently. If this process stalls or dies, the heartbeats stop and the servo
     loop holds the arm by itself."""
 
-    def __init__(self, cameras: Any, servo: Any, silence_s: float, period_s: float = 0.05):
-        self.cameras, self.servo, self.silence_s, self.period_s = (
-            cameras,
-            servo,
-            silence_s,
-            period_s,
-        )
+    period_s = 0.05
+
+    def __init__(self, cameras: Any, servo: Any, silence_s: float) -> None:
+        self.cameras, self.servo, self.silence_s = cameras, servo, silence_s
         self.scheduler: Any = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            active = self.scheduler.last_active_ns if self.scheduler is not None else None
-            ok = active is not None and (time.monotonic_ns() - active) / 1e9 < self.silence_s
-            self.servo.heartbeat(frame_age_s=self.cameras.frame_age_s(), planner_ok=ok)
+    def tick(self) -> None:
+        active = self.scheduler.last_active_ns if self.scheduler is not None else None
+        ok = active is not None and (time.monotonic_ns() - active) / 1e9 < self.silence_s
+        self.servo.heartbeat(frame_age_s=self.cameras.frame_age_s(), planner_ok=ok)
 
 
 @dataclass
