@@ -104,6 +104,11 @@ def run(
     video: Path = typer.Option(
         None, help="Write an mp4 of one episode with the plan and executed path drawn on it."
     ),
+    limits: Path = typer.Option(
+        None,
+        help="YAML file of safety limits (the keys of aimg.runtime.safety.SafetyLimits, at the "
+        "top level or under `safety:`); unset keys keep the sim cell's defaults.",
+    ),
     out: Path = typer.Option(None, help="Also write the JSON report here."),
 ) -> None:
     """Run the closed loop: cameras -> policy -> scheduler -> safety -> servo -> arm.
@@ -123,7 +128,20 @@ def run(
     if planner not in ("model", "expert") or join not in ("blend", "inpaint"):
         typer.echo("error: --planner is model or expert; --join is blend or inpaint", err=True)
         raise typer.Exit(2)
+    limit_values: dict = {}
+    if limits is not None:
+        from aimg.config import ConfigError, load_yaml
+        from aimg.runtime.safety import SafetyLimits
+
+        try:
+            raw = load_yaml(limits)
+            limit_values = raw.get("safety", raw)
+            SafetyLimits.from_dict(limit_values)  # validate now, with the file's name
+        except (ConfigError, ValueError, TypeError) as exc:
+            typer.echo(f"error: {limits}: {exc}", err=True)
+            raise typer.Exit(2) from exc
     settings = RunSettings(
+        limits=limit_values,
         task=task,
         episodes=episodes,
         seed=seed,

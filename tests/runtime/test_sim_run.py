@@ -165,3 +165,63 @@ def test_a_silent_planner_is_held_by_the_servo_watchdog():
     )
     assert report["safety_events"].get("planner_silent", 0) >= 1, report["safety_events"]
     _assert_safe(report)
+
+
+_PLANNER = """
+import sys, time, numpy as np
+from aimg.robot.remote import ServerAddress
+from aimg.robot.sim.world import top_down_pose
+from aimg.runtime.safety import SafetyLimits
+from aimg.runtime.servo import ServoProcess, connect_remote_arm
+from aimg.runtime.waypoints import Waypoints
+import functools
+address = ServerAddress(sys.argv[1], bytes.fromhex(sys.argv[2]))
+servo = ServoProcess(functools.partial(connect_remote_arm, address), SafetyLimits()).start()
+state = servo.state()
+start = state.tool_pose[:3, 3]
+times = time.monotonic_ns() + np.arange(6, dtype=np.int64) * 1_000_000_000
+positions = start + np.outer(np.arange(6), [0.04, 0.0, 0.0])  # 20 cm in 5 s
+rotations = np.repeat(top_down_pose(start)[None, :3, :3], 6, axis=0)
+servo.submit(Waypoints(times, positions, rotations, np.ones(6), np.ones(6), plan_id=1))
+print("moving", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_planner_process_stops_the_arm():
+    """SIGKILL the process that owns the servo loop mid-motion: the loop notices its client
+    is gone and stops the arm, long before the plan would have ended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from aimg.robot.sim.mirror import make_sim_cell
+    from aimg.runtime.servo import connect_remote_arm
+
+    with make_sim_cell() as cell:
+        cell.supervisor().start_episode("reach", 3)
+        address = cell.address
+        planner = subprocess.Popen(
+            [sys.executable, "-c", _PLANNER, address.path, address.authkey.hex()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert planner.stdout.readline().strip() == "moving"
+            arm = connect_remote_arm(address)
+            arm.connect()
+            time.sleep(1.0)
+            before = arm.read_state().tool_pose[:3, 3]
+            os.kill(planner.pid, signal.SIGKILL)
+            planner.wait(timeout=10)
+            time.sleep(2.0)  # the loop checks its client every 64 ticks, then stops the arm
+            arm.connect()  # the loop's shutdown disconnected the (shared) simulated arm
+            stopped = arm.read_state().tool_pose[:3, 3]
+            time.sleep(1.0)
+            later = arm.read_state().tool_pose[:3, 3]
+        finally:
+            planner.kill()
+        assert np.linalg.norm(stopped - before) > 0.01  # it was moving when the planner died
+        assert np.linalg.norm(later - stopped) < 2e-3  # and has stopped since
