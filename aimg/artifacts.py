@@ -31,6 +31,8 @@ FORMAT = "aimg-artifact"
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("denoiser", "frame_encoder", "video_encoder", "action_decoder")
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+TEXT_FILE = "text_embeddings.safetensors"
+TEXT_KEY = "embeddings"  # the [N, L, D] tensor in TEXT_FILE; row i embeds instructions[i]
 
 
 class ArtifactError(ValueError):

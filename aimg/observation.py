@@ -176,3 +176,15 @@ def synthetic_observation(spec: InputSpec, seed: int = 0) -> ModelObservation:
     ]
     pose = np.array([0.35, 0.0, 0.25, np.pi, 0.0, 0.0, 1.0])
     return prepare_observation(images, cameras, pose, spec)
+
+
+def episode_observation(
+    episode: Any, spec: InputSpec, views: Sequence[str] | None = None, frame: int = 0
+) -> tuple[ModelObservation, list[str]]:
+    """A recorded episode's frame `frame` as the model sees it, and the views used (`views`, or
+    the episode's first `spec.views`): what an offline evaluation conditions a plan on."""
+    names = list(views or episode.view_names)[: spec.views]
+    pose = np.asarray(episode.poses, dtype=np.float64)[frame]
+    images = [episode.frames(v)[frame] for v in names]
+    cameras = [episode.camera(v, frame) for v in names]
+    return prepare_observation(images, cameras, pose, spec), names

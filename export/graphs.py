@@ -10,6 +10,7 @@ backend, `aimg.model.sampler.flow_sample`). The codec graphs come from
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -28,7 +29,6 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 DEFAULT_OPSET = 20
 SUPPORTED_OPSETS = (17, 18, 19, 20, 21, 22, 23)
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {
     torch.float32: "float32",
     torch.float16: "float16",
@@ -162,16 +162,8 @@ def _quiet_exporter() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(_NullWriter()):
+        with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-class _NullWriter:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass

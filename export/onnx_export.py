@@ -25,6 +25,8 @@ from safetensors.torch import save_file
 from aimg.artifacts import (
     GRAPH_NAMES,
     MANIFEST_NAME,
+    TEXT_FILE,
+    TEXT_KEY,
     GraphSpec,
     Manifest,
     Profile,
@@ -35,12 +37,10 @@ from aimg.artifacts import (
     file_spec,
     write_manifest,
 )
-from aimg.model.build import build_latent_codec, build_text_encoder, cast_model
+from aimg.model.build import build_latent_codec, build_text_encoder, cast_model, precision_dtype
 from aimg.model.checkpoint import load_checkpoint, read_checkpoint_config
 from aimg.model.config import ModelConfig
 
-TEXT_FILE = "text_embeddings.safetensors"
-EMBEDDINGS_KEY = "embeddings"
 PROFILE_KEYS = ("views", "frames", "height", "width", "precision", "batch")
 ONNX_PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -125,7 +125,6 @@ def export_artifact(
     without its VAE); the runtime needs all four.
     """
     from aimg.export.graphs import (
-        TORCH_DTYPES,
         GraphModule,
         denoiser_graph,
         export_graph,
@@ -141,7 +140,7 @@ def export_artifact(
     profile = parse_profile(profile_text, config)
     loaded = load_checkpoint(checkpoint)
     cfg = profile_model_config(loaded.model_config, profile)
-    dtype = TORCH_DTYPES[profile.precision]
+    dtype = precision_dtype(profile.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until written again
 
@@ -239,7 +238,7 @@ def _write_text_embeddings(
     encoder = build_text_encoder(cfg)
     embeddings = encoder(prompts).float().contiguous()
     tmp = out_dir / f".{TEXT_FILE}.tmp"
-    save_file({EMBEDDINGS_KEY: embeddings}, str(tmp))
+    save_file({TEXT_KEY: embeddings}, str(tmp))
     os.replace(tmp, out_dir / TEXT_FILE)
     return TextEmbeddingsSpec(
         file=file_spec(out_dir, TEXT_FILE),

@@ -20,7 +20,7 @@ import torch
 
 from aimg.artifacts import Manifest, check_source, read_manifest
 from aimg.geometry import euler_xyz_to_matrix, rotation_angle_between
-from aimg.observation import ModelObservation, prepare_observation, synthetic_observation
+from aimg.observation import episode_observation, synthetic_observation
 
 # Pass marks of the report. fp32 graphs must match torch to float32 rounding; fp16 graphs
 # carry 10-bit mantissas through every layer, so only a looser bound is meaningful.
@@ -91,18 +91,6 @@ def graph_parity(
     return report
 
 
-def episode_observation(path: Path, spec) -> tuple[ModelObservation, str]:
-    """Frame 0 of a recorded episode (its first views, calibration, tool pose, instruction)."""
-    from aimg.episodes import read_episode
-
-    episode = read_episode(path)
-    views = list(episode.view_names)[: spec.views]
-    images = [episode.frames(v)[0] for v in views]
-    cameras = [episode.camera(v, 0) for v in views]
-    pose = np.asarray(episode.poses, dtype=np.float64)[0]
-    return prepare_observation(images, cameras, pose, spec), str(episode.instruction)
-
-
 def plan_parity(
     artifact: Path,
     manifest: Manifest,
@@ -119,8 +107,11 @@ def plan_parity(
     reference = load(checkpoint, "torch", threads=threads)
     compiled = load(artifact, "onnxruntime", threads=threads)
     if episode is not None:
-        obs, recorded = episode_observation(Path(episode), compiled.spec)
-        instruction = instruction or recorded
+        from aimg.episodes import read_episode
+
+        recorded = read_episode(episode)
+        obs, _ = episode_observation(recorded, compiled.spec)
+        instruction = instruction or str(recorded.instruction)
     else:
         obs = synthetic_observation(compiled.spec, seed)
         instruction = instruction or "reach the red cube"

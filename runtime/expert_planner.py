@@ -19,7 +19,7 @@ from aimg.codec.decode import decode
 from aimg.codec.render import render
 from aimg.geometry import Camera, matrix_to_action
 from aimg.observation import InputSpec, prepare_observation
-from aimg.runtime.policy import Plan
+from aimg.runtime.policy import Plan, waypoint_confidence
 from aimg.runtime.waypoints import Waypoints
 
 
@@ -74,7 +74,11 @@ class ExpertPlanner:
         decoded = decode(images_, obs.cameras, sigma_fraction=self.spec.blob_sigma)
         self.plan_count += 1
         waypoints = Waypoints.from_actions(
-            decoded.actions, times, decoded.confidence, self.plan_count, "expert"
+            decoded.actions,
+            times,
+            waypoint_confidence(decoded, obs.cameras),
+            self.plan_count,
+            "expert",
         )
         elapsed = time.perf_counter() - t0
         return Plan(

@@ -29,7 +29,7 @@ import numpy as np
 
 from aimg.geometry import matrix_to_action
 from aimg.runtime.camera_process import EXTRA_TIMESTAMPS_BACKWARDS, frame_counter
-from aimg.runtime.trajectory import Trajectory, join
+from aimg.runtime.trajectory import Trajectory, join, measure_seam
 from aimg.runtime.waypoints import Waypoints
 
 
@@ -311,7 +311,8 @@ class Scheduler:
         submit_ns = 0
         if future.any():
             if self.executing is not None:
-                seam_p, seam_v = _seam(self.executing, Trajectory(selected), arrive_ns)
+                seam = measure_seam(self.executing, Trajectory(selected), arrive_ns)
+                seam_p, seam_v = seam.position_jump_m, seam.velocity_jump_m_s
             self.servo.submit(selected)
             submit_ns = time.monotonic_ns()
             self.executing = (
@@ -357,16 +358,4 @@ def _select(waypoints: Waypoints, keep: np.ndarray) -> Waypoints:
         waypoints.plan_id,
         waypoints.source,
         waypoints.meta,
-    )
-
-
-def _seam(executing: Trajectory, new: Trajectory, at_ns: int) -> tuple[float, float]:
-    """Position (m) and velocity (m/s) mismatch of a new plan against the motion at `at_ns`."""
-    pose_a, _ = executing.sample(at_ns)
-    pose_b, _ = new.sample(at_ns)
-    vel_a, _ = executing.velocity(at_ns)
-    vel_b, _ = new.velocity(at_ns)
-    return (
-        float(np.linalg.norm(pose_a[:3, 3] - pose_b[:3, 3])),
-        float(np.linalg.norm(np.asarray(vel_a) - np.asarray(vel_b))),
     )

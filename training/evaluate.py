@@ -106,28 +106,39 @@ class _Evaluation:
     objective: Any  # WorldActionObjective: the training view of a batch
 
 
+def _evaluation_setup(
+    step_dir: Path, extra: dict[str, Any], dev: torch.device, data: list[Path], num_episodes: int
+) -> tuple[DataConfig, TrainConfig, list[Path]]:
+    """The checkpoint's data and train sections (CPU threads set from the latter) and the first
+    `num_episodes` episodes under `data`."""
+    from aimg.training.dataset import DatasetError, find_episodes
+    from aimg.training.distributed import set_cpu_threads
+
+    dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
+    tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
+    if dev.type == "cpu":
+        set_cpu_threads(tcfg.cpu_threads)
+    try:
+        return dcfg, tcfg, find_episodes(data)[:num_episodes]
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
+
+
 def _open_evaluation(
     checkpoint: Path, data: list[Path], num_episodes: int, device: str
 ) -> _Evaluation:
     """Load the checkpoint, its data/train sections and the first `num_episodes` start states."""
     from aimg.model.build import build_latent_codec, build_text_encoder
     from aimg.model.checkpoint import load_checkpoint
-    from aimg.training.dataset import DatasetError, EpisodeClipDataset, find_episodes
-    from aimg.training.distributed import resolve_device, set_cpu_threads
+    from aimg.training.dataset import EpisodeClipDataset
+    from aimg.training.distributed import resolve_device
     from aimg.training.objective import WorldActionObjective
 
     step_dir = resolve_checkpoint(checkpoint)
     dev = resolve_device(device)
     loaded = load_checkpoint(step_dir, device=dev)
-    mcfg, extra = loaded.model_config, loaded.extra
-    dcfg = from_dict(DataConfig, extra.get("data", {}), f"{step_dir}/config.json: extra.data")
-    tcfg = from_dict(TrainConfig, extra.get("train", {}), f"{step_dir}/config.json: extra.train")
-    if dev.type == "cpu":
-        set_cpu_threads(tcfg.cpu_threads)
-    try:
-        paths = find_episodes(data)[:num_episodes]
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from exc
+    mcfg = loaded.model_config
+    dcfg, tcfg, paths = _evaluation_setup(step_dir, loaded.extra, dev, data, num_episodes)
     # Start states: frame 0, a fixed view pair, the real instruction.
     dcfg = dataclasses.replace(dcfg, start_at_zero=1.0, text_dropout=0.0, max_start_fraction=0.0)
     dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width, mcfg.blob_sigma)
@@ -145,7 +156,6 @@ def evaluate_checkpoint(
     threshold: float = 0.03,
     device: str = "auto",
     contact_sheets: int = 8,
-    batch_size: int = 8,
     seed: int = 0,
     num_steps: int | None = None,
     cfg_scale: float | None = None,
@@ -161,35 +171,25 @@ def evaluate_checkpoint(
     consensus draw (`consensus_draw`), as a planner that samples a batch of plans would.
     Returns {"summary": {...}, "episodes": [...]} and writes `report.json` plus
     `sheet_XXX.png` contact sheets into `out_dir` (default `<run>/eval/<step>`, outside the
-    checkpoint directory, which training may prune). `batch_size` is unused (plans are drawn
-    one start at a time, as the robot does) and kept for callers.
+    checkpoint directory, which training may prune). Plans are drawn one start state at a
+    time, as the robot draws them.
     """
     from PIL import Image
 
     from aimg.codec.decode import decode
     from aimg.codec.render import render
     from aimg.episodes import read_episode
-    from aimg.observation import prepare_observation
+    from aimg.observation import episode_observation
     from aimg.runtime.backends.torch_backend import TorchBackend
-    from aimg.training.dataset import DatasetError, find_episodes
-    from aimg.training.distributed import resolve_device, set_cpu_threads
+    from aimg.training.distributed import resolve_device
 
     step_dir = resolve_checkpoint(checkpoint)
     dev = resolve_device(device)
     backend = TorchBackend(step_dir, device=dev)
     mcfg, spec = backend.model_config, backend.spec
-    tcfg = from_dict(
-        TrainConfig, backend.config.get("extra", {}).get("train", {}), f"{step_dir}: extra.train"
+    dcfg, _, paths = _evaluation_setup(
+        step_dir, backend.config.get("extra", {}), dev, data, num_episodes
     )
-    dcfg = from_dict(
-        DataConfig, backend.config.get("extra", {}).get("data", {}), f"{step_dir}: extra.data"
-    )
-    if dev.type == "cpu":
-        set_cpu_threads(tcfg.cpu_threads)
-    try:
-        paths = find_episodes(data)[:num_episodes]
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from exc
     changes = {"num_steps": num_steps, "cfg_scale": cfg_scale}
     sampling = dataclasses.replace(
         backend.sampling, **{k: v for k, v in changes.items() if v is not None}
@@ -203,19 +203,13 @@ def evaluate_checkpoint(
     results: list[dict[str, Any]] = []
     for index, path in enumerate(paths):
         episode = read_episode(path)
-        views = list(dcfg.views or episode.view_names)[: mcfg.views]
+        obs, views = episode_observation(episode, spec, dcfg.views)
         if not all(episode.camera_is_static(v) for v in views):
             raise EvaluationError(
                 f"{path} has a moving camera; open-loop evaluation decodes with static cameras "
                 "only (choose static views with data.views)"
             )
         poses = np.asarray(episode.poses, dtype=np.float64)
-        obs = prepare_observation(
-            [episode.frames(v)[0] for v in views],
-            [episode.camera(v, 0) for v in views],
-            poses[0],
-            spec,
-        )
         draws = [
             backend.plan(obs, episode.instruction, seed + index + _DRAW_SEED_STRIDE * r, sampling)
             for r in range(samples)

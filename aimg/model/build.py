@@ -79,6 +79,16 @@ def build_text_encoder(cfg: ModelConfig):
     return encoder
 
 
+def precision_dtype(precision: str):
+    """torch dtype of a precision name: fp32, fp16, bf16."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {list(dtypes)}, got {precision!r}")
+    return dtypes[precision]
+
+
 def cast_model(model: WorldActionModel, dtype) -> WorldActionModel:
     """Cast parameters to `dtype` in place, keeping those diffusers keeps in float32 (time
     embedder, modulation tables, norms) in float32, as `from_pretrained(torch_dtype=...)`

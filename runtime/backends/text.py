@@ -8,11 +8,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from aimg.artifacts import Manifest
+from aimg.artifacts import TEXT_KEY, Manifest
 from aimg.model.config import ModelConfig
 from aimg.runtime.backends.base import BackendError
-
-EMBEDDINGS_KEY = "embeddings"
 
 
 class ArtifactText:
@@ -22,7 +20,7 @@ class ArtifactText:
         self.table: dict[str, torch.Tensor] = {}
         spec = manifest.text_embeddings
         if spec is not None:
-            embeddings = load_file(str(Path(artifact) / spec.file.file))[EMBEDDINGS_KEY]
+            embeddings = load_file(str(Path(artifact) / spec.file.file))[TEXT_KEY]
             self.table = dict(zip(spec.instructions, embeddings.float(), strict=True))
         self.builtin = None
         if model_config.text.kind == "builtin":

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import torch
 
-from aimg.model.build import build_latent_codec, build_text_encoder, cast_model
+from aimg.model.build import build_latent_codec, build_text_encoder, cast_model, precision_dtype
 from aimg.model.checkpoint import load_checkpoint
 from aimg.runtime.backends.base import PlanBackend
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchBackend(PlanBackend):
@@ -28,13 +26,11 @@ class TorchBackend(PlanBackend):
         batch_cfg: bool = False,
         threads: int | None = None,
     ) -> None:
-        if precision not in DTYPES:
-            raise ValueError(f"precision must be one of {list(DTYPES)}, got {precision!r}")
         if threads is not None:
             torch.set_num_threads(threads)
         checkpoint = Path(checkpoint)
         config = json.loads((checkpoint / "config.json").read_text())
-        dtype = DTYPES[precision]
+        dtype = precision_dtype(precision)
         cfg_on = config["sampling"]["cfg_scale"] != 1.0
         super().__init__(config, torch.device(device), dtype, 2 if batch_cfg and cfg_on else 1)
         loaded = load_checkpoint(checkpoint, device=self.device)
