@@ -887,6 +887,12 @@ class ServoProcess:
         The loop keeps the last COMMAND_CAPACITY in shared memory; call this at least that
         often (11 min at 100 Hz) or `commands_dropped` counts the ones lost.
         """
+        self._commands.extend(self.drain_commands())
+        return list(self._commands)
+
+    def drain_commands(self) -> list[Command]:
+        """The commands sent since the last `drain_commands` or `commands` call, oldest first;
+        unlike `commands()` it keeps nothing, so a long-running daemon does not grow."""
         if not self.config.log_commands or self._shared is None:
             return []
         sh = self._shared
@@ -894,15 +900,16 @@ class ServoProcess:
         first = max(self._commands_read, written - sh.command_capacity + 256)
         if first > self._commands_read:
             self._commands_dropped += first - self._commands_read
+        new: list[Command] = []
         if written > first:
             slots = np.arange(first, written) % sh.command_capacity
             ints, floats = sh.cmd_i[slots].copy(), sh.cmd_f[slots].copy()
-            self._commands.extend(
+            new = [
                 Command(int(t), f[:16].reshape(4, 4), float(f[16]), int(seg))
                 for (t, seg), f in zip(ints, floats, strict=True)
-            )
+            ]
         self._commands_read = max(written, self._commands_read)
-        return list(self._commands)
+        return new
 
     @property
     def commands_dropped(self) -> int:

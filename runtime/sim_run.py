@@ -188,7 +188,7 @@ def run_sim(
             time.sleep(0.05)  # a tick or more, so no command races the teleport
             scene = supervisor.start_episode(settings.task, seed)
             servo.reset()
-            _wait_for_fresh_frames(camera, time.monotonic_ns())
+            wait_for_fresh_frames(camera, time.monotonic_ns())
             start_ns = time.monotonic_ns()
             planner = policy
             if settings.planner == "expert":
@@ -257,7 +257,7 @@ def _load_policy(settings: RunSettings):
     return Policy(backend)
 
 
-def _wait_for_fresh_frames(camera: Any, after_ns: int, timeout_s: float = 5.0) -> None:
+def wait_for_fresh_frames(camera: Any, after_ns: int, timeout_s: float = 5.0) -> None:
     """Block until the camera process delivers a frame set captured after `after_ns`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -1,0 +1,265 @@
+"""The daemon's HTTP API (FastAPI on uvicorn): tasks, stop, e-stop, status, metrics, events.
+
+docs/daemon.md is the contract. Reads are open; every mutating call needs the bearer token
+(compared in constant time). Bodies are read only up to `max_body_bytes`, parsed by hand (bad
+JSON is a 400 that says where) and validated by pydantic models that forbid unknown fields; a
+`ControllerError` becomes its status code with the controller's reason; anything else is a 500
+with the exception's message, and the daemon carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aimg.runtime.controller import Controller, ControllerError
+
+log = logging.getLogger("aimg.daemon.api")
+
+LIVE_DIR = Path(str(files("aimg.runtime") / "live"))
+SSE_KEEPALIVE_S = 10.0
+
+
+class TaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str = Field(min_length=1, max_length=500)
+    max_duration_s: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    deadman_s: float | None = Field(default=None, ge=0.2, le=60.0, allow_inf_nan=False)
+
+    @field_validator("instruction")
+    @classmethod
+    def _plain_text(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("instruction is blank")
+        if any(not ch.isprintable() for ch in value):
+            raise ValueError("instruction has control characters")
+        return value
+
+
+class _BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413, counted as they stream in (a
+    missing or false Content-Length does not get past it)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = f"request body over {self.limit} bytes"
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _send_json(send, 400, {"detail": "Content-Length is not a number"})
+                return
+            if size > self.limit:
+                await _send_json(send, 413, {"detail": too_big})
+                return
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge(too_big)
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge as exc:
+            await _send_json(send, 413, {"detail": str(exc)})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Any, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(controller: Controller, token: str, max_body_bytes: int = 16384) -> FastAPI:
+    """The ASGI app over `controller`; `token` guards every mutating call."""
+    app = FastAPI(
+        title="aimg daemon",
+        description="Control API of an aimg robot cell (docs/daemon.md).",
+        version="1",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    metrics = controller.metrics
+    expected = f"Bearer {token}".encode()
+
+    def authorise(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not given:
+            raise ControllerError(401, "this call needs 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given, expected):
+            raise ControllerError(401, "wrong token (see api.token_file of the cell config)")
+
+    async def read_json(request: Request) -> Any:
+        body = await request.body()
+        if not body.strip():
+            return {}
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ControllerError(400, f"the body is not valid JSON: {exc}") from exc
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Any:
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # never let a request take the daemon down
+            log.exception("request failed")
+            response = JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        route = request.scope.get("route")
+        metrics.requests.labels(
+            getattr(route, "path", "unmatched"), str(response.status_code)
+        ).inc()
+        return response
+
+    @app.exception_handler(ControllerError)
+    async def controller_error(_: Request, exc: ControllerError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.post("/tasks", status_code=202)
+    async def post_task(request: Request) -> dict:
+        authorise(request)
+        data = await read_json(request)
+        if not isinstance(data, dict):
+            raise ControllerError(422, 'the body must be a JSON object {"instruction": ...}')
+        try:
+            body = TaskRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ControllerError(422, _describe(exc)) from exc
+        task = controller.start_task(body.instruction, body.max_duration_s, body.deadman_s)
+        return {"task": task}
+
+    @app.post("/stop")
+    async def post_stop(request: Request) -> dict:
+        authorise(request)
+        return controller.stop("stopped through the API")
+
+    @app.post("/estop")
+    async def post_estop(request: Request) -> dict:
+        authorise(request)
+        return controller.estop("e-stop through the API")
+
+    @app.post("/reset")
+    async def post_reset(request: Request) -> dict:
+        authorise(request)
+        return await asyncio.to_thread(controller.reset)  # may restart a process (seconds)
+
+    @app.post("/keepalive")
+    async def post_keepalive(request: Request) -> dict:
+        authorise(request)
+        return controller.keepalive()
+
+    @app.get("/status")
+    async def get_status() -> JSONResponse:
+        return JSONResponse(_finite(controller.status()))
+
+    @app.get("/health")
+    async def get_health() -> JSONResponse:
+        ok, body = controller.health()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def get_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/events")
+    async def get_events(request: Request) -> StreamingResponse:
+        return StreamingResponse(
+            _event_stream(controller, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        index = LIVE_DIR / "index.html"
+        if not index.is_file():
+            raise ControllerError(404, f"the live page is not installed ({index})")
+        return FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=LIVE_DIR, check_dir=False), name="static")
+    return _BodyLimit(app, max_body_bytes)  # type: ignore[return-value]
+
+
+async def _event_stream(controller: Controller, request: Request) -> Any:
+    entry = controller.events.subscribe()
+    _, queue = entry
+    try:
+        yield _sse("status", controller.status())
+        last_sent = time.monotonic()
+        while controller.state != "shutting_down":
+            try:
+                name, data = await asyncio.wait_for(queue.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    break
+                if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                continue
+            last_sent = time.monotonic()
+            yield _sse(name, data)
+        yield _sse("state", {"state": controller.state})
+    finally:
+        controller.events.unsubscribe(entry)
+
+
+def _sse(name: str, data: Any) -> str:
+    return f"event: {name}\ndata: {json.dumps(_finite(data), separators=(',', ':'))}\n\n"
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "body"
+        parts.append(f"{where}: {error.get('msg')}")
+    return "; ".join(parts)

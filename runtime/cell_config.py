@@ -1,0 +1,286 @@
+"""The cell config of `aimg daemon`: one YAML file that says what this robot cell is.
+
+Devices (the simulator, or an xArm and RealSense cameras), calibration, the model, rates,
+safety limits, recording and the API. It is validated once, at start, into frozen dataclasses;
+every error names the file, the key and what to write instead, so a typo never surfaces as a
+crash in the middle of a task. `configs/cell-sim.yaml` and `configs/cell-xarm-example.yaml` are
+the two presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from aimg.config import ConfigError, from_dict, load_yaml, to_dict
+
+DEFAULT_PORT = 8787
+DEFAULT_TOKEN_FILE = Path("~/.config/aimg/token")
+
+
+@dataclass(frozen=True)
+class SimDevices:
+    """The PyBullet cell: `task` decides the scenes it lays out (see `scene_for`)."""
+
+    views: int = 2
+    image_size: int = 128
+    task: Literal["reach", "pick"] = "reach"
+    scene_seed: int = 31000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.views <= 4:
+            raise ValueError(f"views must be 1..4 (the sim rig has 4 cameras), got {self.views}")
+        if not 32 <= self.image_size <= 512:
+            raise ValueError(f"image_size must be 32..512 px, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class CameraDevice:
+    """One RealSense camera: the view name the model knows it by and its serial number."""
+
+    name: str
+    serial: str
+    width: int = 640
+    height: int = 480
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"camera name {self.name!r} must be a plain identifier (front, wrist)")
+        if not self.serial.strip():
+            raise ValueError(f"camera {self.name!r}: serial is empty (see `rs-enumerate-devices`)")
+
+
+@dataclass(frozen=True)
+class XArmDevice:
+    """A UFACTORY xArm reached over TCP at `ip`."""
+
+    ip: str
+    model: Literal["xarm5", "xarm6", "xarm7", "lite6", "850"] = "xarm6"
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.ip)
+        except ValueError as exc:
+            raise ValueError(f"ip {self.ip!r} is not an IP address (e.g. 192.168.1.185)") from exc
+
+
+@dataclass(frozen=True)
+class Devices:
+    kind: Literal["sim", "xarm"] = "sim"
+    sim: SimDevices = field(default_factory=SimDevices)
+    xarm: XArmDevice | None = None
+    cameras: tuple[CameraDevice, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "xarm":
+            if self.xarm is None:
+                raise ValueError("kind is xarm but there is no xarm section: add `xarm: {ip: ...}`")
+            if not self.cameras:
+                raise ValueError("kind is xarm but no cameras are listed: add `cameras:`")
+            names = [c.name for c in self.cameras]
+            if len(set(names)) != len(names):
+                raise ValueError(f"camera names repeat: {names}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """A checkpoint directory (`aimg train` output) or an exported artifact (`aimg export`)."""
+
+    path: Path = Path("assets/sim-tiny")
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Rates:
+    servo_hz: float = 100.0
+    camera_fps: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 50.0 <= self.servo_hz <= 250.0:
+            raise ValueError(f"servo_hz must be 50..250 (xArm servo mode), got {self.servo_hz}")
+        if not 1.0 <= self.camera_fps <= 90.0:
+            raise ValueError(f"camera_fps must be 1..90, got {self.camera_fps}")
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    """How plans are joined (see `aimg.runtime.scheduler.SchedulerConfig`)."""
+
+    join: Literal["blend", "inpaint"] = "inpaint"
+    blend_s: float = 0.3
+    ensemble_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.blend_s <= 2.0:
+            raise ValueError(f"blend_s must be in (0, 2] s, got {self.blend_s}")
+        if not 0.0 <= self.ensemble_s <= 30.0:
+            raise ValueError(f"ensemble_s must be in [0, 30] s, got {self.ensemble_s}")
+
+
+@dataclass(frozen=True)
+class TasksSection:
+    max_duration_s: float = 30.0
+    limit_duration_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_duration_s <= self.limit_duration_s:
+            raise ValueError(
+                f"max_duration_s must be in (0, limit_duration_s={self.limit_duration_s}], "
+                f"got {self.max_duration_s}"
+            )
+
+
+@dataclass(frozen=True)
+class Recording:
+    enabled: bool = True
+    dir: Path = Path("runs/episodes/daemon")
+
+
+@dataclass(frozen=True)
+class Api:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token_file: Path = DEFAULT_TOKEN_FILE
+    max_body_bytes: int = 16384
+    frame_rate_hz: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not 256 <= self.max_body_bytes <= 1 << 20:
+            raise ValueError(f"max_body_bytes must be 256..1048576, got {self.max_body_bytes}")
+        if not 0.5 <= self.frame_rate_hz <= 30.0:
+            raise ValueError(f"frame_rate_hz must be 0.5..30, got {self.frame_rate_hz}")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+@dataclass(frozen=True)
+class Logging:
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    name: str = "cell"
+    devices: Devices = field(default_factory=Devices)
+    calibration: Path | None = None
+    model: ModelSection = field(default_factory=ModelSection)
+    rates: Rates = field(default_factory=Rates)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    safety: dict[str, Any] = field(default_factory=dict)
+    tasks: TasksSection = field(default_factory=TasksSection)
+    recording: Recording = field(default_factory=Recording)
+    api: Api = field(default_factory=Api)
+    logging: Logging = field(default_factory=Logging)
+    source: str = "defaults"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the API on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_cell_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CellConfig:
+    """Read, merge `overrides` ("api.port" -> 9000) and validate a cell config; relative paths
+    in it are relative to the working directory, `~` is expanded."""
+    path = Path(path)
+    data = load_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            section = section.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path}: {key} must be a mapping to override {dotted}")
+        section[leaf] = str(value) if isinstance(value, Path) else value
+    data.pop("source", None)
+    config = from_dict(CellConfig, data, where=str(path))
+    config = dataclasses.replace(config, source=str(path))
+    return validate_cell(config, str(path))
+
+
+def validate_cell(config: CellConfig, where: str) -> CellConfig:
+    """The checks that span sections or need the file system; returns a config whose paths are
+    expanded."""
+    from aimg.runtime.safety import SafetyLimits
+
+    try:
+        SafetyLimits.from_dict(config.safety)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: safety: {exc}") from exc
+    model_path = config.model.path.expanduser()
+    if not model_path.exists():
+        raise ConfigError(
+            f"{where}: model.path: {model_path} does not exist; point it at a checkpoint "
+            "directory (assets/sim-tiny) or an `aimg export onnx` output"
+        )
+    calibration = config.calibration.expanduser() if config.calibration else None
+    if config.devices.kind == "xarm" and calibration is None:
+        raise ConfigError(
+            f"{where}: calibration: a real cell needs its camera calibration file; run "
+            "`aimg calib` and set calibration: to the file it writes"
+        )
+    if calibration is not None and not calibration.is_file():
+        raise ConfigError(f"{where}: calibration: {calibration} does not exist")
+    token_file = config.api.token_file.expanduser()
+    if not config.api.loopback and not _readable_token(token_file):
+        raise ConfigError(
+            f"{where}: api.host {config.api.host} is not a loopback address and "
+            f"api.token_file {token_file} holds no token: the daemon refuses to take commands "
+            "from the network unauthenticated. Write a token (e.g. `openssl rand -hex 32 > "
+            f"{token_file}; chmod 600 {token_file}`) or bind 127.0.0.1"
+        )
+    return dataclasses.replace(
+        config,
+        calibration=calibration,
+        model=dataclasses.replace(config.model, path=model_path),
+        recording=dataclasses.replace(config.recording, dir=config.recording.dir.expanduser()),
+        api=dataclasses.replace(config.api, token_file=token_file),
+    )
+
+
+def _readable_token(path: Path) -> bool:
+    try:
+        return bool(path.read_text().strip())
+    except OSError:
+        return False
+
+
+def load_or_create_token(path: Path) -> str:
+    """The API token from `path`; on a loopback daemon a missing file is created with a fresh
+    random token (mode 0600), so the first start works and `aimg ctl` finds it there."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
+    token = os.urandom(24).hex()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
