@@ -207,8 +207,6 @@ def load_cell_config(path: str | Path, overrides: dict[str, Any] | None = None) 
     path = Path(path)
     data = load_yaml(path)
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
         section = data
         *parents, leaf = dotted.split(".")
         for key in parents:
@@ -217,7 +215,10 @@ def load_cell_config(path: str | Path, overrides: dict[str, Any] | None = None) 
                 raise ConfigError(f"{path}: {key} must be a mapping to override {dotted}")
         section[leaf] = str(value) if isinstance(value, Path) else value
     data.pop("source", None)
-    config = from_dict(CellConfig, data, where=str(path))
+    try:
+        config = from_dict(CellConfig, data, where=str(path))
+    except ConfigError as exc:  # "cell.yaml.model.backend: ..." -> "cell.yaml: model.backend: ..."
+        raise ConfigError(str(exc).replace(f"{path}.", f"{path}: ", 1)) from None
     config = dataclasses.replace(config, source=str(path))
     return validate_cell(config, str(path))
 

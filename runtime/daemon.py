@@ -37,6 +37,11 @@ def daemon(
     ),
     backend: str | None = typer.Option(None, help="Backend (overrides model.backend)."),
     log_format: str | None = typer.Option(None, help="json or text (overrides logging.format)."),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Override any config key: --set tasks.max_duration_s=60 (value read as YAML).",
+    ),
 ) -> None:
     """Run the robot cell as a service: cameras, arm and model held, tasks taken over HTTP.
 
@@ -55,7 +60,9 @@ def daemon(
         "model.backend": backend,
         "logging.format": log_format,
     }
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
+        overrides.update(parse_settings(settings))
         cfg = load_cell_config(config, overrides)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -68,6 +75,22 @@ def daemon(
         raise typer.Exit(2) from exc
     code = serve(cfg, token)
     raise typer.Exit(code)
+
+
+def parse_settings(settings: list[str]) -> dict[str, Any]:
+    """`key.path=value` pairs -> overrides; values are YAML scalars (60, true, null, text)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: write it as key.path=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+    return out
 
 
 def serve(cfg: Any, token: str) -> int:
