@@ -9,6 +9,7 @@ Layout (docs/episodes.md is the full specification)::
         timestamps_ns.npy       [T] int64, strictly increasing
         frames_<view>.npy       [T, H, W, 3] uint8 RGB, one file per view
         extra_<name>.npy        optional per-frame arrays [T, ...] (joint positions, ...)
+        stream_<name>.npy       optional arrays of any length at their own rate (commands, plans)
 
 Frames are plain `.npy` so readers memory-map them (`np.load(mmap_mode="r")`): a training
 loader touches only the frames it samples. Writers fill a hidden temporary sibling

@@ -28,6 +28,7 @@ from aimg.episodes.schema import (
     npy_header,
     pose_problem,
     sha256_file,
+    stream_file,
     timestamps_problem,
 )
 from aimg.geometry import Camera
@@ -36,9 +37,9 @@ from aimg.geometry import Camera
 def read_episode(path: str | Path, verify: bool = False) -> Episode:
     """Open and validate one episode directory; frames stay on disk until asked for.
 
-    Always checks the format version, every file's presence, size, dtype and shape, and the
-    poses, gripper and timestamps. `verify=True` also compares sha256 hashes (reads every byte).
-    Raises EpisodeError naming the file and what to do.
+    Always checks the format version, every file's presence, size, dtype and shape (frames,
+    extras and streams), and the poses, gripper and timestamps. `verify=True` also compares
+    sha256 hashes (reads every byte). Raises EpisodeError naming the file and what to do.
     """
     return Episode(Path(path), verify=verify)
 
@@ -114,6 +115,11 @@ class Episode:
         return tuple(self._meta["extras"])
 
     @property
+    def stream_names(self) -> tuple[str, ...]:
+        """Streams (arrays not tied to frames) this episode holds; () for episodes without."""
+        return tuple(self._meta.get("streams", {}))
+
+    @property
     def poses(self) -> np.ndarray:
         """[T, 7] float64 `[x, y, z, rx, ry, rz, g]`, base frame, m / rad, read-only."""
         return self._poses
@@ -176,6 +182,21 @@ class Episode:
             self._mapped[key] = np.load(self.path / file, mmap_mode="r", allow_pickle=False)
         return self._mapped[key]
 
+    def stream(self, name: str) -> np.ndarray:
+        """A stream array (any shape), memory-mapped read-only."""
+        streams = self._meta.get("streams", {})
+        if name not in streams:
+            raise KeyError(
+                f"episode {self.path} has no stream {name!r}; it has {self.stream_names}"
+            )
+        key = f"stream:{name}"
+        if key not in self._mapped:
+            path = self.path / streams[name]["file"]
+            empty = 0 in streams[name]["shape"]  # a zero-length mapping is not allowed
+            self._mapped[key] = np.load(path, mmap_mode=None if empty else "r", allow_pickle=False)
+            self._mapped[key].flags.writeable = False
+        return self._mapped[key]
+
     def to_data(self) -> EpisodeData:
         """Everything in memory as EpisodeData (to copy, edit or re-write an episode)."""
         return EpisodeData(
@@ -188,6 +209,7 @@ class Episode:
             success=self.success,
             metadata=json.loads(json.dumps(self.metadata)),
             extras={name: np.array(self.extra(name)) for name in self.extra_names},
+            streams={name: np.array(self.stream(name)) for name in self.stream_names},
         )
 
     def __len__(self) -> int:
@@ -235,6 +257,19 @@ class Episode:
             if not shape or shape[0] != t:
                 raise self._error(META_FILE, f"extra {name!r} shape {shape} is not [T={t}, ...]")
             expected[extra["file"]] = (dtype, shape)
+        for name, stream in meta.get("streams", {}).items():
+            if stream.get("file") != stream_file(name):
+                raise self._error(META_FILE, f"stream {name!r} has no valid file entry")
+            try:
+                dtype = np.dtype(stream["dtype"])
+                shape = tuple(int(n) for n in stream["shape"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise self._error(META_FILE, f"stream {name!r} is malformed ({exc})") from exc
+            if not shape or min(shape) < 0 or dtype.kind not in "biuf":
+                raise self._error(
+                    META_FILE, f"stream {name!r} must be numeric with ndim >= 1: {dtype} {shape}"
+                )
+            expected[stream["file"]] = (dtype, shape)
         missing_records = sorted(set(expected) - set(meta["files"]))
         if missing_records:
             raise self._error(META_FILE, f"lists no size or hash for {missing_records}")
@@ -368,6 +403,12 @@ def read_meta(path: Path) -> dict[str, Any]:
     for name, extra in meta["extras"].items():
         if not NAME_RE.match(name) or not isinstance(extra, dict):
             raise error(f"extra {name!r} is invalid")
+    streams = meta.get("streams", {})  # optional: episodes written before streams existed
+    if not isinstance(streams, dict):
+        raise error(f"field 'streams' must be a dict, got {streams!r:.80}")
+    for name, stream in streams.items():
+        if not NAME_RE.match(name) or not isinstance(stream, dict):
+            raise error(f"stream {name!r} is invalid")
     for file, record in meta["files"].items():
         if (
             not isinstance(record, dict)

@@ -48,6 +48,11 @@ def extra_file(name: str) -> str:
     return f"extra_{name}.npy"
 
 
+def stream_file(name: str) -> str:
+    """File name of one stream (an array not tied to frames) inside an episode directory."""
+    return f"stream_{name}.npy"
+
+
 def episode_dir_name(index: int) -> str:
     """Directory name of episode `index` (zero-padded, so names sort in index order)."""
     return f"{EPISODE_PREFIX}{index:0{INDEX_DIGITS}d}"
@@ -71,6 +76,8 @@ class EpisodeData:
         lists and numbers.
     extras: optional per-frame arrays [T, ...] of a numeric dtype (joint positions, commanded
         actions, ...), names like view names.
+    streams: optional numeric arrays of any shape not tied to frames (commands at the servo
+        rate, plans, arm states at their own rate, ...), names like view names.
     """
 
     instruction: str
@@ -82,6 +89,7 @@ class EpisodeData:
     success: bool
     metadata: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    streams: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def view_names(self) -> tuple[str, ...]:
@@ -148,7 +156,21 @@ def validate_data(data: EpisodeData) -> None:
                 f"extras['{name}'] must be a numeric array [T={t}, ...], got "
                 f"{array.dtype} {array.shape}"
             )
+    if not isinstance(data.streams, Mapping):
+        raise ValueError("streams must be a dict name -> numeric array")
+    for name, array in data.streams.items():
+        check_stream(name, np.asarray(array))
     metadata_json(data.metadata)
+
+
+def check_stream(name: object, array: np.ndarray) -> None:
+    """Raise ValueError unless `array` can be stored as stream `name` (numeric, ndim >= 1)."""
+    check_name(name, "stream")
+    if array.dtype.kind not in "biuf" or array.ndim < 1:
+        raise ValueError(
+            f"streams['{name}'] must be a numeric array with at least one dimension (any "
+            f"length, 0 included), got {array.dtype} {array.shape}"
+        )
 
 
 def check_name(name: object, what: str) -> None:

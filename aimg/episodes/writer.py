@@ -1,8 +1,9 @@
 """Atomic episode writers: everything goes into a hidden temporary directory, then one rename.
 
-`write_episode` writes an in-memory `EpisodeData`; `EpisodeWriter` streams frames to disk as they
-arrive (long real-robot episodes need not fit in memory). Both validate their input before it
-reaches the disk, fsync every file, write meta.json last and rename the directory into place.
+`write_episode` writes an in-memory `EpisodeData`; `EpisodeWriter` streams frames (and, through
+`open_stream`, any growing array) to disk as they arrive, so long real-robot episodes need not fit
+in memory. Both validate their input before it reaches the disk, fsync every file, write
+meta.json last and rename the directory into place.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from aimg import __version__
 from aimg.episodes.layout import next_episode_index
@@ -32,12 +34,14 @@ from aimg.episodes.schema import (
     EpisodeData,
     check_cameras,
     check_name,
+    check_stream,
     episode_dir_name,
     extra_file,
     frames_file,
     metadata_json,
     pose_problem,
     sha256_file,
+    stream_file,
 )
 from aimg.geometry import Camera
 
@@ -60,6 +64,9 @@ def write_episode(root: str | Path, data: EpisodeData, index: int | None = None)
         for view, frames in data.frames.items():
             files[frames_file(view)] = _save_npy(tmp / frames_file(view), frames)
             views.append(_view_record(view, frames.shape[1], frames.shape[2], data.cameras[view]))
+        streams = {}
+        for name, array in data.streams.items():
+            files[stream_file(name)], streams[name] = _save_stream(tmp, name, np.asarray(array))
         return _publish(
             tmp,
             index,
@@ -71,6 +78,7 @@ def write_episode(root: str | Path, data: EpisodeData, index: int | None = None)
             timestamps_ns=data.timestamps_ns,
             views=views,
             extras=data.extras,
+            streams=streams,
             metadata=data.metadata,
         )
     except BaseException:
@@ -92,7 +100,9 @@ class EpisodeWriter:
 
     Each `append` is validated before any byte of it is written (ValueError, episode unchanged).
     Frames go straight into the temporary directory; poses, timestamps and extras stay in
-    memory. Leaving the `with` block without `commit`, or with an exception, discards the episode.
+    memory. Streams (arrays not tied to frames) are written whole with `add_stream`, or item by
+    item through `open_stream`. Leaving the `with` block without `commit`, or with an exception,
+    discards the episode. Not thread-safe: callers on several threads hold one lock.
     """
 
     def __init__(
@@ -138,10 +148,13 @@ class EpisodeWriter:
         }
         self._extras: dict[str, list[np.ndarray]] | None = None
         self._tmp = _make_temp_dir(Path(root), index)
-        self._streams = {
-            view: _FrameStream(self._tmp / frames_file(view), (h, w, 3))
+        self._frame_files = {
+            view: NpyAppender(self._tmp / frames_file(view), np.uint8, (h, w, 3))
             for view, (h, w) in self._sizes.items()
         }
+        self._stream_files: dict[str, dict[str, Any]] = {}
+        self._stream_records: dict[str, dict[str, Any]] = {}
+        self._open_streams: dict[str, NpyAppender] = {}
         self._closed = False
 
     @property
@@ -203,7 +216,7 @@ class EpisodeWriter:
         extras = {name: np.asarray(value) for name, value in (extras or {}).items()}
         self._check_extras(t, extras)
         for view, image in frames.items():
-            self._streams[view].append(image)
+            self._frame_files[view].append(image)
         self._poses.append(pose)
         self._stamps.append(int(timestamp_ns))
         for view, camera in cameras.items():
@@ -233,6 +246,45 @@ class EpisodeWriter:
                     f"frames were {first.dtype} {first.shape}"
                 )
 
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        """Streams added or opened so far."""
+        return (*self._stream_records, *self._open_streams)
+
+    def add_stream(self, name: str, array: np.ndarray) -> None:
+        """Store a whole numeric array (any shape, ndim >= 1) as stream `name`, durably, now.
+
+        It is written into the temporary directory immediately, so it need not stay in memory.
+        Raises ValueError (nothing written) for a bad name or dtype or a name already used.
+        """
+        self._check_open()
+        array = np.asarray(array)
+        self._check_new_stream(name)
+        check_stream(name, array)
+        file_record, record = _save_stream(self._tmp, name, array)
+        self._stream_files[stream_file(name)] = file_record
+        self._stream_records[name] = record
+
+    def open_stream(self, name: str, dtype: DTypeLike, item_shape: Sequence[int]) -> NpyAppender:
+        """A stream `name` of shape [N, *item_shape] that grows by `append(item)` until commit.
+
+        Items go straight to disk (for arrays too big to keep in memory, e.g. every plan's
+        action images); `commit` fixes the header with the final N (0 is allowed).
+        """
+        self._check_open()
+        self._check_new_stream(name)
+        shape = tuple(item_shape)
+        if any(not isinstance(n, int | np.integer) or n < 0 for n in shape):
+            raise ValueError(f"stream {name!r}: item_shape must be non-negative ints, got {shape}")
+        check_stream(name, np.empty((0, *shape), dtype=dtype))
+        appender = NpyAppender(self._tmp / stream_file(name), dtype, shape)
+        self._open_streams[name] = appender
+        return appender
+
+    def _check_new_stream(self, name: str) -> None:
+        if name in self._stream_records or name in self._open_streams:
+            raise ValueError(f"stream {name!r} was already added to this episode")
+
     def commit(self, success: bool, metadata: Mapping[str, Any] | None = None) -> Path:
         """Finish the files and publish the episode atomically; returns its directory."""
         self._check_open()
@@ -245,9 +297,13 @@ class EpisodeWriter:
         self._closed = True
         try:
             files = {
-                frames_file(view): stream.finish(self.num_frames)
-                for view, stream in self._streams.items()
+                frames_file(view): appender.finish() for view, appender in self._frame_files.items()
             }
+            files.update(self._stream_files)
+            streams = dict(self._stream_records)
+            for name, appender in self._open_streams.items():
+                files[stream_file(name)] = appender.finish()
+                streams[name] = appender.record()
             views = [
                 _view_record(view, h, w, self._static.get(view) or self._moving[view])
                 for view, (h, w) in self._sizes.items()
@@ -263,6 +319,7 @@ class EpisodeWriter:
                 timestamps_ns=np.asarray(self._stamps, dtype=np.int64),
                 views=views,
                 extras={name: np.stack(values) for name, values in (self._extras or {}).items()},
+                streams=streams,
                 metadata=metadata,
             )
         except BaseException:
@@ -275,8 +332,8 @@ class EpisodeWriter:
         self._discard()
 
     def _discard(self) -> None:
-        for stream in self._streams.values():
-            stream.close()
+        for appender in (*self._frame_files.values(), *self._open_streams.values()):
+            appender.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _check_open(self) -> None:
@@ -295,42 +352,66 @@ class EpisodeWriter:
             self.abort()
 
 
-class _FrameStream:
-    """An .npy file of [N, *frame_shape] uint8 written frame by frame.
+class NpyAppender:
+    """An .npy file of [N, *item_shape] written item by item (frames, or an open stream).
 
-    The header is a fixed-size placeholder until `finish` knows N and rewrites it in place.
+    The header is a fixed-size placeholder until `finish` knows N and rewrites it in place; until
+    then the file is only ever inside an episode's temporary directory. Little-endian, C order.
     """
 
     HEADER_BYTES = 128
 
-    def __init__(self, path: Path, frame_shape: tuple[int, ...]) -> None:
+    def __init__(self, path: Path, dtype: DTypeLike, item_shape: tuple[int, ...]) -> None:
         self.path = path
-        self.frame_shape = frame_shape
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.item_shape = tuple(int(n) for n in item_shape)
+        self.count = 0
+        header = _npy_header_bytes(self.dtype, (0, *self.item_shape))  # refuses a huge shape
         self._file = open(path, "wb")  # noqa: SIM115 - kept open across appends
-        self._file.write(_npy_header_bytes(np.dtype(np.uint8), (0, *frame_shape)))
+        self._file.write(header)
 
-    def append(self, image: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(image).data)
+    def append(self, item: np.ndarray) -> None:
+        """Write one item [*item_shape] (a dtype that casts to the stream's within its kind)."""
+        if self._file.closed:
+            raise RuntimeError(f"{self.path.name}: the episode was already committed or aborted")
+        item = np.asarray(item)
+        if item.shape != self.item_shape:
+            raise ValueError(
+                f"{self.path.name}: items must be {list(self.item_shape)}, got {list(item.shape)}"
+            )
+        if not np.can_cast(item.dtype, self.dtype, "same_kind"):
+            raise ValueError(f"{self.path.name}: items must be {self.dtype}, got {item.dtype}")
+        self._file.write(np.ascontiguousarray(item, dtype=self.dtype).data)
+        self.count += 1
 
-    def finish(self, count: int) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
+        """Fix the header, fsync and close; returns the size and sha256 for meta.json."""
         self._file.seek(0)
-        self._file.write(_npy_header_bytes(np.dtype(np.uint8), (count, *self.frame_shape)))
+        self._file.write(_npy_header_bytes(self.dtype, (self.count, *self.item_shape)))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         return {"bytes": self.path.stat().st_size, "sha256": sha256_file(self.path)}
+
+    def record(self) -> dict[str, Any]:
+        """Its meta.json stream record."""
+        return {
+            "file": self.path.name,
+            "dtype": self.dtype.str,
+            "shape": [self.count, *self.item_shape],
+        }
 
     def close(self) -> None:
         self._file.close()
 
 
 def _npy_header_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    """A version-1.0 .npy header padded to exactly `_FrameStream.HEADER_BYTES` bytes."""
+    """A version-1.0 .npy header padded to exactly `NpyAppender.HEADER_BYTES` bytes."""
     fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     text = repr(fields)
-    room = _FrameStream.HEADER_BYTES - 10 - 1
+    room = NpyAppender.HEADER_BYTES - 10 - 1
     if len(text) > room:
-        raise ValueError(f"frame shape {shape} is too large for a streamed .npy header")
+        raise ValueError(f"shape {shape} is too large for a streamed .npy header")
     text = text.ljust(room) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
@@ -379,6 +460,7 @@ def _publish(
     timestamps_ns: np.ndarray,
     views: list[dict[str, Any]],
     extras: Mapping[str, np.ndarray],
+    streams: Mapping[str, dict[str, Any]],
     metadata: Mapping[str, Any],
 ) -> Path:
     """Write the small arrays and meta.json into `tmp`, then rename it into place."""
@@ -404,6 +486,7 @@ def _publish(
         "num_frames": int(poses.shape[0]),
         "views": views,
         "extras": extra_records,
+        "streams": dict(streams),
         "metadata": metadata_json(metadata),
         "files": files,
         "writer": f"aimg {__version__}",
@@ -413,6 +496,13 @@ def _publish(
     _fsync_dir(tmp)
     root = tmp.parent
     return _commit(root, tmp, next_episode_index(root) if index is None else index, index is None)
+
+
+def _save_stream(tmp: Path, name: str, array: np.ndarray) -> tuple[dict, dict[str, Any]]:
+    """Write stream `name` into `tmp`; returns its files record and its meta.json record."""
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    record = {"file": stream_file(name), "dtype": array.dtype.str, "shape": list(array.shape)}
+    return _save_npy(tmp / stream_file(name), array), record
 
 
 def _save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
