@@ -24,6 +24,7 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -308,13 +309,14 @@ class Controller:
 
         root = self.config.recording.dir
         root.mkdir(parents=True, exist_ok=True)
-        removed = remove_stale_temp_dirs(root)
+        # Nothing of this process writes yet: a directory with its PID is from an earlier life.
+        removed = remove_stale_temp_dirs(root, stale_pids={os.getpid()})
         if removed:
             log_event(
                 log,
                 logging.WARNING,
                 "removed unfinished episodes of an earlier run (it was killed mid-task)",
-                count=len(removed) if hasattr(removed, "__len__") else removed,
+                directories=[str(p) for p in removed],
             )
 
     def begin_shutdown(self, reason: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from aimg.episodes.schema import EPISODE_DIR_RE, META_FILE, TEMP_DIR_RE
@@ -41,11 +42,13 @@ def episode_index(path: Path) -> int:
     return int(match.group(1))
 
 
-def remove_stale_temp_dirs(root: str | Path) -> list[Path]:
+def remove_stale_temp_dirs(root: str | Path, stale_pids: Collection[int] = ()) -> list[Path]:
     """Delete temporary directories of writers that died on this host; returns what was removed.
 
     Only directories whose writer process no longer exists are removed, so it is safe to call
-    while other collectors write into the same root.
+    while other collectors write into the same root. `stale_pids` are PIDs whose directories
+    are stale even though the process lives: a service that starts with the same PID after a
+    crash (PID 1 in a container) passes its own.
     """
     root = Path(root)
     removed = []
@@ -53,7 +56,8 @@ def remove_stale_temp_dirs(root: str | Path) -> list[Path]:
         return removed
     for path in sorted(root.iterdir()):
         match = TEMP_DIR_RE.match(path.name)
-        if match and path.is_dir() and not _process_alive(int(match.group(2))):
+        pid = int(match.group(2)) if match else 0
+        if match and path.is_dir() and (pid in stale_pids or not _process_alive(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
