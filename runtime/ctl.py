@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -58,14 +59,30 @@ def _httpx() -> ModuleType:
         raise CtlError(str(exc), EXIT_UNREACHABLE) from exc
 
 
-@dataclass(frozen=True)
+@dataclass
 class Daemon:
-    """Where the daemon listens and how to authenticate; builds every HTTP call."""
+    """Where the daemon listens and how to authenticate; makes every HTTP call over one kept-alive
+    connection (a fresh client per call costs tens of ms, too much for 0.2 s dead-man ticks)."""
 
     url: str
     token_file: Path
     token_value: str | None = None
     timeout_s: float = 10.0
+    _client: Any = field(default=None, init=False, repr=False)
+
+    def _http(self) -> Any:
+        if self._client is None:
+            self._client = _httpx().Client(timeout=self.timeout_s)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def copy(self) -> Daemon:
+        """The same daemon on a connection of its own (one per thread)."""
+        return Daemon(self.url, self.token_file, self.token_value, self.timeout_s)
 
     def token(self) -> str:
         """The bearer token: --token / AIMG_TOKEN, else the first line of the token file."""
@@ -95,7 +112,7 @@ class Daemon:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         httpx = _httpx()
         try:
-            response = httpx.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
+            response = self._http().request(method, self.url + path, **kwargs)
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from exc
         if response.status_code >= 400:
@@ -116,7 +133,7 @@ class Daemon:
         httpx = _httpx()
         timeout = httpx.Timeout(self.timeout_s, read=5.0)  # status comes twice a second
         try:
-            with httpx.stream("GET", self.url + "/events", timeout=timeout) as response:
+            with self._http().stream("GET", self.url + "/events", timeout=timeout) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise CtlError(f"GET /events: {describe_error(response)}", EXIT_REFUSED)
@@ -338,20 +355,13 @@ def wait_for_task(
     progress: Callable[[dict[str, Any]], None],
     poll_s: float = 0.5,
 ) -> dict[str, Any]:
-    """Poll GET /status (and send keepalives every deadman_s / 3) until `task_id` has ended."""
-    keepalive_every = max(0.05, deadman_s / 3.0) if deadman_s else None
-    next_keepalive = time.monotonic()
-    next_poll = time.monotonic()
-    while True:
-        now = time.monotonic()
-        if keepalive_every is not None and now >= next_keepalive:
-            try:
-                daemon.post("/keepalive")
-            except CtlError as exc:
-                if exc.code != EXIT_REFUSED:  # a 409 means the task already ended
-                    raise
-            next_keepalive = now + keepalive_every
-        if now >= next_poll:
+    """Poll GET /status until `task_id` has ended, with keepalives every deadman_s / 4 from a
+    thread of their own while it runs (a slow status answer never delays one)."""
+    keepalive = Keepalive(daemon.copy(), max(0.05, deadman_s / 4.0)) if deadman_s else None
+    if keepalive is not None:
+        keepalive.start()
+    try:
+        while True:
             status = daemon.get("/status")
             for task in (status.get("task"), status.get("last_task")):
                 if task and task.get("id") == task_id:
@@ -361,9 +371,38 @@ def wait_for_task(
                     break
             else:
                 raise CtlError(f"{task_id} is no longer known to the daemon", EXIT_REFUSED)
-            next_poll = now + poll_s
-        deadlines = [next_poll] + ([next_keepalive] if keepalive_every else [])
-        time.sleep(max(0.0, min(deadlines) - time.monotonic()))
+            time.sleep(poll_s)
+    finally:
+        if keepalive is not None:
+            keepalive.stop()
+
+
+class Keepalive(threading.Thread):
+    """POST /keepalive every `period_s` until stopped or the daemon answers 409 (no dead-man
+    task any more); failures are retried, the dead-man then ends the task by itself."""
+
+    def __init__(self, api: Daemon, period_s: float) -> None:
+        super().__init__(name="aimg-ctl-keepalive", daemon=True)
+        self.api = api
+        self.period_s = period_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                started = time.monotonic()
+                try:
+                    self.api.post("/keepalive")
+                except CtlError as exc:
+                    if exc.code == EXIT_REFUSED:
+                        return
+                self._stopped.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        finally:
+            self.api.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=2.0 * self.api.timeout_s)
 
 
 def _progress_printer() -> Callable[[dict[str, Any]], None]:

@@ -417,15 +417,25 @@
     renderSafetyEvents(sorted.slice(0, MAX_EVENTS).map(([, e]) => e));
   }
 
+  // Runs of one kind (servo overruns come in bursts) collapse into one row with a count, so a
+  // burst never pushes an e-stop out of sight; the row shows the newest message of its run.
   function renderSafetyEvents(events) {
     const list = $("events");
     list.replaceChildren();
+    const runs = [];
     for (const event of events) {
+      const last = runs[runs.length - 1];
+      if (last && last.event.kind === event.kind) last.count += 1;
+      else runs.push({ event, count: 1 });
+    }
+    for (const { event, count } of runs) {
       const item = document.createElement("li");
       item.dataset.kind = event.kind;
+      item.dataset.count = String(count);
+      if (event.severity) item.dataset.severity = event.severity;
       const kind = document.createElement("span");
       kind.className = "kind";
-      kind.textContent = event.kind;
+      kind.textContent = count > 1 ? `${event.kind} ×${count}` : event.kind;
       const time = document.createElement("span");
       time.className = "time";
       const when = new Date(event.time_unix * 1000);
