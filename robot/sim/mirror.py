@@ -33,6 +33,10 @@ from aimg.robot.sim.world import CellConfig, SimWorld
 
 #: The physics server's niceness: it is the robot controller, so it goes before other work.
 PHYSICS_NICE = -5
+#: Its SCHED_FIFO priority when permitted, below the servo loop's (50): the loop waits on its
+#: replies every tick, so a physics server starved by the planner would make the loop late
+#: (a real xArm's controller is a box of its own and never starves).
+PHYSICS_PRIORITY = 40
 
 
 class MirroredSimCameraRig(CameraRig):
@@ -161,10 +165,11 @@ def make_physics_devices(
     """The physics server's devices: "arm" and "supervisor" on one world (device factory).
 
     `rig_views` > 0 adds an in-server "rig" (`SimCameraRig`), for comparisons only: its reads
-    hold the world's lock. The server raises its priority by `nice` when permitted, and a
-    real-time world starts running at once.
+    hold the world's lock. The server asks for SCHED_FIFO (`PHYSICS_PRIORITY`) for a real-time
+    world, else raises its priority by `nice` when permitted; a real-time world starts running
+    at once (its threads inherit the policy: they are started after this).
     """
-    if nice:
+    if not (real_time and _fifo(PHYSICS_PRIORITY)) and nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
     world = SimWorld(config, seed=seed)
@@ -177,6 +182,14 @@ def make_physics_devices(
     if real_time:
         world.start_real_time()
     return devices
+
+
+def _fifo(priority: int) -> bool:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 class SimCell:
