@@ -840,6 +840,13 @@ class Controller:
                 servo.heartbeat(frame_age_s=frame_age, planner_ok=planner_ok)
             self._drain_events()
         task = self.task
+        if task is not None and task.state == "running":
+            # Here, not only in the task thread: a plan in flight must not stretch the task.
+            elapsed = (time.monotonic_ns() - task.started_ns) / 1e9
+            if elapsed >= task.max_duration_s:
+                self._request_stop(
+                    task, "timed_out", f"max_duration_s {task.max_duration_s:g} s reached"
+                )
         if task is not None and task.deadman_s is not None and task.state == "running":
             quiet = (time.monotonic_ns() - task.keepalive_ns) / 1e9
             if quiet > task.deadman_s:
