@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import threading
 import time
 import types
@@ -111,6 +112,10 @@ def _plain_timings(timings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _planner_devices(model: Path, backend: str, threads: int) -> dict[str, object]:
+    # Before torch loads: its OpenMP pool otherwise keeps a second busy thread even with
+    # torch.set_num_threads(1), and on a small robot computer that core belongs to the cell.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
     return {"planner": PlannerServer(model, backend, threads)}
 
 
