@@ -33,7 +33,7 @@ SSE_KEEPALIVE_S = 10.0
 
 
 class TaskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "1" is not a number here
 
     instruction: str = Field(min_length=1, max_length=500)
     max_duration_s: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
@@ -52,45 +52,42 @@ class TaskRequest(BaseModel):
 
 class _BodyLimit:
     """Refuses request bodies over `limit` bytes with 413, counted as they stream in (a
-    missing or false Content-Length does not get past it)."""
+    missing or false Content-Length does not get past it). Bodies are small, so the whole body
+    is read here before the app sees it, and the app reads it back from memory."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = f"request body over {self.limit} bytes"
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await _send_json(send, 400, {"detail": "Content-Length is not a number"})
-                return
-            if size > self.limit:
-                await _send_json(send, 413, {"detail": too_big})
-                return
-        seen = 0
-
-        async def limited_receive() -> dict:
-            nonlocal seen
+        too_big = {"detail": f"request body over {self.limit} bytes"}
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_json(send, 413, too_big)
+            return
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge(too_big)
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await _send_json(send, 413, too_big)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge as exc:
-            await _send_json(send, 413, {"detail": str(exc)})
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _send_json(send: Any, status: int, body: dict) -> None:

@@ -826,7 +826,8 @@ class Controller:
             self._process_state["servo"] = "dead"
             reason = servo.state().exit_reason or "no reason given"
             self._fault(f"the servo process stopped ({reason}): POST /reset restarts it")
-        if self.planner.state == "ready" and not self.planner.alive:
+        restarting = self._planner_restart is not None and self._planner_restart.is_alive()
+        if self.planner.state in ("ready", "dead") and not self.planner.alive and not restarting:
             self._on_planner_death()
         if servo is not None and servo.alive:
             task, scheduler = self.task, self._scheduler

@@ -133,6 +133,10 @@ def serve(cfg: Any, token: str) -> int:
             ),
             controller,
         )
+        # uvicorn restores the handlers it found and raises the signal again once it has
+        # stopped; this one makes that a note in the log, so closing the cell still runs.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _already_stopping)
         server.run()
         if not server.started:
             log_event(log, logging.ERROR, "the API could not bind", host=cfg.api.host)
@@ -140,6 +144,10 @@ def serve(cfg: Any, token: str) -> int:
         return 0
     finally:
         controller.close()
+
+
+def _already_stopping(signum: int, _frame: Any) -> None:
+    log_event(log, logging.INFO, "signal while stopping", signal=signal.Signals(signum).name)
 
 
 def _make_server(config: Any, controller: Any) -> Any:

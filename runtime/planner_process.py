@@ -223,8 +223,10 @@ class PlannerProcess:
                 prefix=prefix,
             )
         except RemoteError as exc:
-            if not channel.server_alive:
-                channel._process.join(1.0)  # type: ignore[union-attr]
+            if isinstance(exc.__cause__, (EOFError, OSError)):  # the pipe closed: it died
+                process = getattr(channel, "_process", None)
+                if process is not None:
+                    process.join(2.0)  # reap it, so its exit code says how it died
                 self.state = "dead"
                 raise PlannerDied(self.death_reason()) from exc
             raise
