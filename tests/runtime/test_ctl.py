@@ -15,7 +15,7 @@ from daemon_fixtures import AIMG, free_port, run_daemon
 
 def needs_daemon(test):
     """Marks a test that talks to the module's real daemon (slow; one daemon at a time)."""
-    return pytest.mark.slow(pytest.mark.xdist_group("daemon")(test))
+    return pytest.mark.slow(pytest.mark.xdist_group("cell")(test))
 
 
 def ctl(

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aimg.episodes import read_episode
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("daemon")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cell")]
 
 PLAN_TIMEOUT_S = 240.0  # a first plan on a loaded 2-core CI worker can take this long
 MUTATING = ("/tasks", "/stop", "/estop", "/reset", "/keepalive")

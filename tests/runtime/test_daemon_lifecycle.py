@@ -16,7 +16,7 @@ from daemon_fixtures import run_daemon, start_daemon
 from aimg.episodes import list_episodes, read_episode, remove_stale_temp_dirs
 from aimg.episodes.schema import TEMP_DIR_RE
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("daemon")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cell")]
 
 PLAN_TIMEOUT_S = 240.0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from daemon_fixtures import REPO_ROOT, run_daemon
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("daemon")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cell")]
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 PLAN_TIMEOUT_MS = 240_000  # model load is done; a first plan on a loaded 2-core box is slow

@@ -13,7 +13,7 @@ from artifact_fixtures import SIM_TINY
 
 from aimg.runtime.sim_run import EpisodeContext, RunSettings, run_sim
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sim_run")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cell")]
 
 BASE = RunSettings(task="reach", episodes=1, seed=31, model=SIM_TINY, episode_s=4.0)
 
