@@ -247,24 +247,12 @@ class Episode:
         for view in meta["views"]:
             expected[view["file"]] = (np.dtype(np.uint8), (t, view["height"], view["width"], 3))
         for name, extra in meta["extras"].items():
-            if extra.get("file") != extra_file(name):
-                raise self._error(META_FILE, f"extra {name!r} has no valid file entry")
-            try:
-                dtype = np.dtype(extra["dtype"])
-                shape = tuple(int(n) for n in extra["shape"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise self._error(META_FILE, f"extra {name!r} is malformed ({exc})") from exc
+            dtype, shape = self._array_record("extra", name, extra, extra_file(name))
             if not shape or shape[0] != t:
                 raise self._error(META_FILE, f"extra {name!r} shape {shape} is not [T={t}, ...]")
             expected[extra["file"]] = (dtype, shape)
         for name, stream in meta.get("streams", {}).items():
-            if stream.get("file") != stream_file(name):
-                raise self._error(META_FILE, f"stream {name!r} has no valid file entry")
-            try:
-                dtype = np.dtype(stream["dtype"])
-                shape = tuple(int(n) for n in stream["shape"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise self._error(META_FILE, f"stream {name!r} is malformed ({exc})") from exc
+            dtype, shape = self._array_record("stream", name, stream, stream_file(name))
             if not shape or min(shape) < 0 or dtype.kind not in "biuf":
                 raise self._error(
                     META_FILE, f"stream {name!r} must be numeric with ndim >= 1: {dtype} {shape}"
@@ -295,6 +283,17 @@ class Episode:
                 )
             if verify and sha256_file(path) != record["sha256"]:
                 raise self._error(file, "sha256 does not match the one recorded when written")
+
+    def _array_record(
+        self, kind: str, name: str, record: dict, file: str
+    ) -> tuple[np.dtype, tuple[int, ...]]:
+        """dtype and shape of an extra's or a stream's meta.json record (file name checked)."""
+        if record.get("file") != file:
+            raise self._error(META_FILE, f"{kind} {name!r} has no valid file entry")
+        try:
+            return np.dtype(record["dtype"]), tuple(int(n) for n in record["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._error(META_FILE, f"{kind} {name!r} is malformed ({exc})") from exc
 
     def _load_small(self, file: str) -> np.ndarray:
         try:
