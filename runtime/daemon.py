@@ -174,3 +174,17 @@ def _make_server(config: Any, controller: Any) -> Any:
                     )
 
     return Server(config)
+
+
+def bench_daemon(
+    config: Path = typer.Option(Path("configs/cell-sim.yaml"), help="The cell config."),
+    requests: int = typer.Option(1000, min=1, help="GET /status requests in the burst."),
+    clients: int = typer.Option(16, min=1, help="Client threads (one connection each)."),
+) -> None:
+    """Start a daemon, run a task, burst status requests at it, SIGTERM it; prints JSON:
+    request latency, servo jitter over the burst, plan latency, stop times."""
+    import json
+
+    from aimg.runtime.daemon_bench import run_daemon_bench
+
+    typer.echo(json.dumps(run_daemon_bench(config, requests, clients), indent=2))

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,17 +23,12 @@ from typing import Any
 
 import httpx
 
+from aimg.runtime.daemon_bench import spawn_daemon, wait_healthy
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-AIMG = str(Path(sys.executable).with_name("aimg"))
 TOKEN = "test-token-0123456789abcdef"
 #: The model loads in ~10 s on a quiet 2-core machine; under a loaded CI worker much longer.
 START_TIMEOUT_S = 240.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -120,45 +112,16 @@ def start_daemon(
 ) -> Daemon:
     """A daemon on a free loopback port, ready (GET /health 200) when this returns;
     `overrides` are cell-config keys (`{"tasks.max_duration_s": 300}`, passed as --set)."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    token_file = tmp / "token"
-    token_file.write_text(TOKEN + "\n")
+    config = REPO_ROOT / "configs" / "cell-sim.yaml"
+    overrides = {"model.path": str(REPO_ROOT / "assets" / "sim-tiny"), **(overrides or {})}
     episodes = episodes or tmp / "episodes"
-    log_path = tmp / "daemon.log"
-    port = free_port()
-    command = [
-        AIMG,
-        "daemon",
-        "--config",
-        str(REPO_ROOT / "configs" / "cell-sim.yaml"),
-        "--port",
-        str(port),
-        "--token-file",
-        str(token_file),
-        "--episodes-dir",
-        str(episodes),
-        "--model",
-        str(REPO_ROOT / "assets" / "sim-tiny"),
-    ]
-    for key, value in (overrides or {}).items():
-        command += ["--set", f"{key}={json.dumps(value)}"]
-    log = open(log_path, "w")  # noqa: SIM115 - the daemon writes to it until it exits
-    process = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}
-    )
-    daemon = Daemon(process, f"http://127.0.0.1:{port}", TOKEN, episodes, log_path, token_file)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the daemon exited with {process.returncode} while starting:\n{daemon.log_tail()}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if daemon.client.get("/health", timeout=2.0).status_code == 200:
-                return daemon
-        time.sleep(0.5)
-    process.kill()
-    raise AssertionError(f"the daemon did not become healthy in {START_TIMEOUT_S} s")
+    process, url, log_path = spawn_daemon(config, tmp, TOKEN, overrides, episodes, REPO_ROOT)
+    daemon = Daemon(process, url, TOKEN, episodes, log_path, tmp / "token")
+    try:
+        wait_healthy(process, url, log_path, START_TIMEOUT_S)
+    except (RuntimeError, TimeoutError) as exc:
+        raise AssertionError(str(exc)) from exc
+    return daemon
 
 
 @contextlib.contextmanager
