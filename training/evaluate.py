@@ -190,6 +190,12 @@ def evaluate_checkpoint(
     dcfg, _, paths = _evaluation_setup(
         step_dir, backend.config.get("extra", {}), dev, data, num_episodes
     )
+    own = backend.sampling
+    if num_steps is not None and own.sigmas is not None and num_steps != own.num_steps:
+        raise EvaluationError(
+            f"{step_dir} samples on its own {own.num_steps}-step grid (a distilled student or "
+            "an explicit `sampling.sigmas`); --steps does not apply to it"
+        )
     changes = {"num_steps": num_steps, "cfg_scale": cfg_scale}
     sampling = dataclasses.replace(
         backend.sampling, **{k: v for k, v in changes.items() if v is not None}

@@ -74,24 +74,31 @@ def preset_dict(preset: TrainingPreset) -> dict[str, Any]:
 def model_saver(preset: TrainingPreset, fps: float | None = None) -> ckpt.ModelSaver:
     """Writes a step directory's model in the `aimg.model.checkpoint` format.
 
-    The full state dict is assigned into a weightless (meta) model, so FSDP shards gathered on
-    rank 0 are saved without a second copy. `extra` holds the data and train sections and,
-    when the recording rate `fps` is known, `action_dt_s`: seconds between consecutive frames
-    of a generated segment (stride / fps), which a policy needs to time its trajectory.
+    `extra` holds the data and train sections and, when the recording rate `fps` is known,
+    `action_dt_s`: seconds between consecutive frames of a generated segment (stride / fps),
+    which a policy needs to time its trajectory.
     """
-    from aimg.model.build import build_model
-    from aimg.model.checkpoint import save_checkpoint
-
     sections = preset_dict(preset)
     extra: dict[str, Any] = {"data": sections["data"], "train": sections["train"]}
     if fps is not None:
         extra.update(data_fps=fps, action_dt_s=preset.data.stride / fps)
+    return checkpoint_saver(preset.model, preset.sampling, extra)
+
+
+def checkpoint_saver(model_cfg: Any, sampling: Any, extra: dict[str, Any]) -> ckpt.ModelSaver:
+    """A `ModelSaver` writing `model_cfg`'s weights with `sampling` and `extra` in config.json.
+
+    The full state dict is assigned into a weightless (meta) model, so FSDP shards gathered on
+    rank 0 are saved without a second copy.
+    """
+    from aimg.model.build import build_model
+    from aimg.model.checkpoint import save_checkpoint
 
     def save(directory: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         with torch.device("meta"):
-            shell = build_model(preset.model, init=False)
+            shell = build_model(model_cfg, init=False)
         shell.load_state_dict(state, strict=True, assign=True)
-        save_checkpoint(directory, shell, preset.model, preset.sampling, extra=extra)
+        save_checkpoint(directory, shell, model_cfg, sampling, extra=extra)
 
     return save
 

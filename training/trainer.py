@@ -99,6 +99,7 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         save_model: ckpt.ModelSaver = ckpt.default_model_saver,
         progress: bool = True,
+        progress_desc: str = "train",
     ) -> None:
         self.cfg = cfg
         self.ctx = ctx
@@ -109,6 +110,7 @@ class Trainer:
         self.collate_fn = collate_fn
         self.save_model = save_model
         self.progress = progress
+        self.progress_desc = progress_desc
         self.step = 0
         self._stop_requested = False
 
@@ -259,7 +261,9 @@ class Trainer:
         if self.ctx.is_main and self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+            bar = tqdm(
+                total=max_steps, initial=self.step, desc=self.progress_desc, dynamic_ncols=True
+            )
         try:
             self.model.train()
             batches = iter(self._loader())

@@ -213,10 +213,38 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DistilledFrom:
+    """Where a distilled student's step grid came from (`aimg distill`, docs/distillation.md).
+
+    The student samples on its own grid (`SamplingConfig.sigmas`) with one evaluation per
+    step: `guidance_scale` is the classifier-free guidance folded into its weights, so its
+    own `cfg_scale` stays 1. `teacher_sha256` is the teacher's `aimg.artifacts.
+    checkpoint_fingerprint`; `teacher_steps` / `teacher_cfg_scale` are how the teacher ran
+    when it made the targets; `stage` counts distillations from the original model (2 and up:
+    progressive halving from the previous student).
+    """
+
+    teacher_sha256: str
+    teacher_steps: int
+    teacher_cfg_scale: float
+    guidance_scale: float
+    stage: int = 1
+
+    def __post_init__(self) -> None:
+        if self.teacher_steps <= 0 or self.stage < 1:
+            raise ValueError(
+                f"teacher_steps must be positive and stage >= 1, got {self.teacher_steps} and "
+                f"{self.stage}"
+            )
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     """Default sampler set-up (docs/reference.md §6).
 
-    `sigmas` overrides the shifted uniform grid.
+    `sigmas` overrides the shifted uniform grid (then it has `num_steps` entries). A distilled
+    student records its grid here and how it was made in `distilled`; the sampler, the export
+    and the runtime read both from the checkpoint, never from flags.
     """
 
     num_steps: int = 50
@@ -226,6 +254,7 @@ class SamplingConfig:
     sigmas: list[float] | None = None
     step_cache: bool = False
     seed: int = 42
+    distilled: DistilledFrom | None = None
 
     def __post_init__(self) -> None:
         if self.num_steps <= 0:
@@ -239,6 +268,13 @@ class SamplingConfig:
                 raise ValueError(
                     "sigmas must be a strictly decreasing list in (0, 1] (the final 0 is implied)"
                 )
+            if len(s) != self.num_steps:
+                raise ValueError(
+                    f"sigmas has {len(s)} entries but num_steps is {self.num_steps}: a grid of "
+                    "N steps lists N sigmas (the final 0 is implied)"
+                )
+        if self.distilled is not None and self.sigmas is None:
+            raise ValueError("a distilled student samples on its own grid: `sigmas` is required")
 
 
 def model_config_from_dict(data: Any, where: str = "model") -> ModelConfig:

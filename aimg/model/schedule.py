@@ -35,6 +35,22 @@ def sampler_sigmas(
     return torch.cat([grid, grid.new_zeros(1)])
 
 
+def window_indices(teacher_steps: int, student_steps: int) -> list[int]:
+    """Indices of a student's K + 1 grid points in a teacher's N + 1 (both ending at σ = 0).
+
+    round(linspace(0, N, K + 1)): evenly many teacher steps per student window (N / K, or its
+    two neighbouring integers), so the student grid is a subset of the teacher's and keeps its
+    shape (the shifted grid's density at high σ). Progressive halving (N = 2K) takes every
+    other point.
+    """
+    if not 0 < student_steps <= teacher_steps:
+        raise ValueError(
+            f"a student of {student_steps} steps needs 1 <= K <= the teacher's {teacher_steps}"
+        )
+    points = torch.linspace(0, teacher_steps, student_steps + 1, dtype=torch.float64)
+    return [int(i) for i in torch.round(points).tolist()]
+
+
 def training_sigmas(shift: float, num: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
     """Training grid [num] float64: shifted linspace(1, 0, num + 1)[:-1] (docs/reference.md §5)."""
     return shift_sigmas(torch.linspace(1.0, 0.0, num + 1, dtype=torch.float64)[:-1], shift)

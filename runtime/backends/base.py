@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aimg.config import from_dict
+from aimg.config import from_dict, to_dict
 from aimg.geometry import Camera, relative_c2w
 from aimg.model.camera_latents import plucker_video
 from aimg.model.conditioning import joint_conditioning
@@ -263,7 +263,9 @@ class PlanBackend(ABC):
         return PlanOutput(images, out.latents.float().cpu(), timings, out.model_calls)
 
     def describe(self) -> dict[str, Any]:
-        """What runs where (for benchmarks and logs)."""
+        """What runs where (for benchmarks and logs); `distilled` says where a student's grid
+        came from (None for an undistilled model)."""
+        distilled = self.sampling.distilled
         return {
             "backend": self.name,
             "device": str(self.device),
@@ -271,4 +273,5 @@ class PlanBackend(ABC):
             "denoiser_batch": self.denoiser_batch,
             "steps": self.sampling.num_steps,
             "cfg_scale": self.sampling.cfg_scale,
+            "distilled": to_dict(distilled) if distilled is not None else None,
         }

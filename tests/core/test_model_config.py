@@ -77,6 +77,41 @@ def test_bad_sampling_grid_is_rejected(tmp_path):
         load_preset(path)
 
 
+@pytest.mark.parametrize(
+    ("sampling", "message"),
+    [
+        ({"num_steps": 3, "sigmas": [1.0, 0.5]}, "2 entries but num_steps is 3"),
+        (
+            {
+                "num_steps": 2,
+                "distilled": {
+                    "teacher_sha256": "ab",
+                    "teacher_steps": 50,
+                    "teacher_cfg_scale": 2.0,
+                    "guidance_scale": 2.0,
+                },
+            },
+            "own grid",
+        ),
+        (
+            {
+                "num_steps": 2,
+                "sigmas": [1.0, 0.5],
+                "distilled": {"teacher_sha256": "ab", "teacher_steps": 50},
+            },
+            "missing required key 'teacher_cfg_scale'",
+        ),
+    ],
+)
+def test_a_students_sampling_block_is_validated(tmp_path, sampling, message):
+    raw = yaml.safe_load((CONFIGS / "sim-tiny.yaml").read_text())
+    raw["sampling"] = sampling
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message):
+        load_preset(path)
+
+
 def test_preset_without_model_section_is_rejected(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train: {}\n")
