@@ -29,6 +29,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef"
 #: The model loads in ~10 s on a quiet 2-core machine; under a loaded CI worker much longer.
 START_TIMEOUT_S = 240.0
+#: The cell for tests: cameras rendered at the model's own 64 px (a quarter of the renderer's
+#: work) at 5 fps, so on a 2-core CI machine, whose other core runs other tests, the planner
+#: keeps enough CPU to plan faster than its 3.2 s horizon and the arm really moves.
+CHEAP_CELL = {
+    "model.path": str(REPO_ROOT / "assets" / "sim-tiny"),
+    "devices.sim.image_size": 64,
+    "rates.camera_fps": 5,
+}
 
 
 @dataclass
@@ -113,7 +121,7 @@ def start_daemon(
     """A daemon on a free loopback port, ready (GET /health 200) when this returns;
     `overrides` are cell-config keys (`{"tasks.max_duration_s": 300}`, passed as --set)."""
     config = REPO_ROOT / "configs" / "cell-sim.yaml"
-    overrides = {"model.path": str(REPO_ROOT / "assets" / "sim-tiny"), **(overrides or {})}
+    overrides = {**CHEAP_CELL, **(overrides or {})}
     episodes = episodes or tmp / "episodes"
     process, url, log_path = spawn_daemon(config, tmp, TOKEN, overrides, episodes, REPO_ROOT)
     daemon = Daemon(process, url, TOKEN, episodes, log_path, tmp / "token")
