@@ -283,6 +283,12 @@ def evaluate_distill(
     threshold: float = typer.Option(0.03, "--threshold", help="Success radius in metres."),
     seed: int = typer.Option(0, "--seed", help="Noise seed of start state i is seed + i."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads (default: the teacher's train.cpu_threads); 1 on a busy machine.",
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Also write the whole report (every start state) to OUT/report.json."
     ),
@@ -320,6 +326,7 @@ def evaluate_distill(
             bracket_steps=bracket_steps,
             floor_steps=floor_steps,
             progress=progress,
+            threads=threads,
         )
     except (ConfigError, EvaluationError, ModelCheckpointError) as exc:
         _fail(str(exc))

@@ -172,9 +172,12 @@ def compare_samplers(
     bracket_steps: int | None = None,
     floor_steps: int = 100,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Plan the first `num_episodes` start states under `data` with every arm (`distill_arms`)
     from the same noise (seed + episode index) and score them; see the module docstring.
+    `threads`: CPU threads (default: the teacher's train.cpu_threads, as `aimg eval`); the
+    arms of one start state run back to back, so their wall times share the machine's load.
 
     Returns {"summary": {"reference", "arms": {name: aggregate}, "verdicts"}, "episodes": [...]}.
     """
@@ -211,6 +214,10 @@ def compare_samplers(
     dcfg, _, paths = _evaluation_setup(
         teacher_dir, base.config.get("extra", {}), dev, data, num_episodes
     )
+    if threads is not None and dev.type == "cpu":
+        from aimg.training.distributed import set_cpu_threads
+
+        set_cpu_threads(threads)
     per_arm: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in arms}
     timings: dict[str, list[float]] = {arm.name: [] for arm in arms}
     calls: dict[str, list[int]] = {arm.name: [] for arm in arms}
@@ -279,6 +286,8 @@ def compare_samplers(
         "seed": seed,
         "threshold_m": threshold,
         "reference": arms[0].name,
+        "device": str(dev),
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "arms": aggregates,
         "verdicts": verdicts(arms, aggregates),
     }

@@ -455,7 +455,7 @@ def test_cli_distills_then_compares_the_student_with_its_teacher(world, tmp_path
     result = _cli(
         "eval", "distill", "--teacher", teacher, "--student", str(out), "--data", data,
         "--episodes", "2", "--reference-steps", "4", "--floor-steps", "6", "--json",
-        "--no-progress", "--out", str(tmp_path / "report"),
+        "--no-progress", "--out", str(tmp_path / "report"), "--threads", "1",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
@@ -470,6 +470,7 @@ def test_cli_distills_then_compares_the_student_with_its_teacher(world, tmp_path
         if name != "teacher-4-cfg3":
             assert 0 <= arm["latent_rel_l2"] < 1 and np.isfinite(arm["psnr_db"])
     assert report["verdicts"]["student-2"]["compared_with"] == "teacher-2-cfg3"
+    assert report["threads"] == 1
     full = json.loads((tmp_path / "report" / "report.json").read_text())
     assert len(full["episodes"]) == 2
 
@@ -506,3 +507,53 @@ def test_the_guidance_sweep_reports_every_scale_and_the_best(world, tmp_path):
     assert (tmp_path / "sweep" / "cfg2.5" / "report.json").is_file()
     bad = _cli("eval", "guidance", "--checkpoint", "x", "--data", "y", "--scales", "a")
     assert bad.exit_code == 2 and "--scales" in bad.output
+
+
+def test_the_aimg_command_carries_distill_and_the_eval_sub_commands():
+    import subprocess
+    import sys
+
+    def aimg(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "aimg", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    assert "distill" in aimg("--help").stdout
+    for sub in ("distill", "guidance"):
+        result = aimg("eval", sub, "--help")
+        assert result.returncode == 0 and "--data" in result.stdout, result.stderr
+    result = aimg("distill", "--help")
+    assert result.returncode == 0 and "--teacher" in result.stdout, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_distil_as_one_with_the_same_global_batch(world, tmp_path, parallel):
+    import os
+    import subprocess
+    import sys
+
+    from aimg.training.checkpointing import load_model_file
+
+    one_config = _config(tmp_path, name="one.yaml")
+    two_config = _config(tmp_path, name="two.yaml")
+    text = two_config.read_text().replace("batch_size: 2", f"batch_size: 1\n  parallel: {parallel}")
+    two_config.write_text(text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    teacher = str(world["teacher"])
+
+    def run(config, out, processes: int) -> None:
+        launcher = [sys.executable, "-m", "aimg"]
+        if processes > 1:
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+            launcher += ["--nproc_per_node", str(processes), "-m", "aimg"]
+        command = [*launcher, "distill", "--teacher", teacher, "--config", str(config)]
+        command += ["--out", str(out), "--no-progress"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    run(two_config, tmp_path / "two", 2)
+    run(one_config, tmp_path / "one", 1)
+    a = load_model_file(tmp_path / "two" / "checkpoints" / "step_000004")
+    b = load_model_file(tmp_path / "one" / "checkpoints" / "step_000004")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
