@@ -6,7 +6,8 @@ resumable data order per rank), `tasks` (the task mixture), `loss` (the pieces o
 of docs/reference.md §5), `objective` (batch -> packed latents -> masked flow loss),
 `latent_cache` (optional on-disk latents), `distributed` (torchrun, DDP, FSDP2),
 `checkpointing` (atomic, exact resume), `trainer` (the loop), `run` (assembly for `aimg train`),
-`evaluate` (open-loop evaluation for `aimg eval`), `cli`.
+`evaluate` (open-loop evaluation for `aimg eval`), `distill` (few-step, guidance-free students
+for `aimg distill`), `distill_eval` (students against their teacher, guidance sweeps), `cli`.
 
 May import the core (`aimg.*`). Nothing imports this package except its own CLI.
 """

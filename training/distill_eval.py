@@ -27,8 +27,8 @@ from aimg.model.config import SamplingConfig
 from aimg.model.packing import unpack_latents
 from aimg.training.evaluate import (
     EvaluationError,
-    _evaluation_setup,
     evaluate_checkpoint,
+    evaluation_setup,
     resolve_checkpoint,
     score_episode,
     summarise,
@@ -211,7 +211,7 @@ def compare_samplers(
     )
     base = backends[teacher_dir]
     mcfg, spec = base.model_config, base.spec
-    dcfg, _, paths = _evaluation_setup(
+    dcfg, _, paths = evaluation_setup(
         teacher_dir, base.config.get("extra", {}), dev, data, num_episodes
     )
     if threads is not None and dev.type == "cpu":

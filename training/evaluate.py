@@ -106,7 +106,7 @@ class _Evaluation:
     objective: Any  # WorldActionObjective: the training view of a batch
 
 
-def _evaluation_setup(
+def evaluation_setup(
     step_dir: Path, extra: dict[str, Any], dev: torch.device, data: list[Path], num_episodes: int
 ) -> tuple[DataConfig, TrainConfig, list[Path]]:
     """The checkpoint's data and train sections (CPU threads set from the latter) and the first
@@ -138,7 +138,7 @@ def _open_evaluation(
     dev = resolve_device(device)
     loaded = load_checkpoint(step_dir, device=dev)
     mcfg = loaded.model_config
-    dcfg, tcfg, paths = _evaluation_setup(step_dir, loaded.extra, dev, data, num_episodes)
+    dcfg, tcfg, paths = evaluation_setup(step_dir, loaded.extra, dev, data, num_episodes)
     # Start states: frame 0, a fixed view pair, the real instruction.
     dcfg = dataclasses.replace(dcfg, start_at_zero=1.0, text_dropout=0.0, max_start_fraction=0.0)
     dataset = EpisodeClipDataset(paths, dcfg, mcfg.frames, mcfg.height, mcfg.width, mcfg.blob_sigma)
@@ -187,7 +187,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     backend = TorchBackend(step_dir, device=dev)
     mcfg, spec = backend.model_config, backend.spec
-    dcfg, _, paths = _evaluation_setup(
+    dcfg, _, paths = evaluation_setup(
         step_dir, backend.config.get("extra", {}), dev, data, num_episodes
     )
     own = backend.sampling
