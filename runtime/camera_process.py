@@ -71,6 +71,11 @@ _FLAG_BACKWARDS = 1
 _BACKOFF_S = (0.1, 2.0)
 
 
+#: How long the spawned camera process may take to start Python and import before it tries the
+#: rig; `start_timeout_s` (the rig's own connect time) counts from then.
+SPAWN_TIMEOUT_S = 60.0
+
+
 def _align(offset: int) -> int:
     return -(-offset // 64) * 64
 
@@ -330,6 +335,7 @@ def _camera_main(
     """The camera process: connect, hand the layout over, then read and publish until stopped."""
     backoff = _BACKOFF_S[0]
     rig = None
+    connection.send(("started",))  # the connect timeout runs from here, not from the spawn
     while rig is None:
         try:
             rig = _connect_rig(factory)
@@ -485,7 +491,7 @@ class CameraProcess:
         )
         self._process.start()
         child.close()
-        deadline = time.monotonic() + self._start_timeout_s
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S + self._start_timeout_s
         last_error = "none"
         try:
             while True:
@@ -497,6 +503,9 @@ class CameraProcess:
                         "camera and its factory"
                     )
                 message = self._connection.recv()
+                if message[0] == "started":  # a new Python may take seconds on a busy machine
+                    deadline = time.monotonic() + self._start_timeout_s
+                    continue
                 if message[0] == "error":
                     last_error = message[1]
                     continue
