@@ -185,8 +185,10 @@ def create_app(controller: Controller, token: str, max_body_bytes: int = 16384) 
         return controller.keepalive()
 
     @app.get("/status")
-    async def get_status() -> JSONResponse:
-        return JSONResponse(_finite(controller.status()))
+    async def get_status(servo_window_s: float | None = None) -> JSONResponse:
+        if servo_window_s is not None and not 0.1 <= servo_window_s <= 60.0:
+            raise ControllerError(422, "servo_window_s must be in [0.1, 60] s")
+        return JSONResponse(_finite(controller.status(servo_window_s)))
 
     @app.get("/health")
     async def get_health() -> JSONResponse:

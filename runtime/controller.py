@@ -463,7 +463,9 @@ class Controller:
 
     # -- status ----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, servo_window_s: float | None = None) -> dict[str, Any]:
+        """The Status of docs/daemon.md; servo timing over the last `servo_window_s` seconds
+        when given (fresh), else the last 10 s as refreshed twice a second."""
         now_ns = time.monotonic_ns()
         with self._lock:
             task, last = self.task, self.last_task
@@ -487,6 +489,8 @@ class Controller:
                 "mode": servo_state.mode,
             }
         stats = self._servo_stats
+        if servo_window_s is not None and self.servo is not None and self.servo.alive:
+            stats = {**stats, **self.servo.stats(window_s=servo_window_s)}
         return {
             "state": state,
             "task": task.to_json() if task else None,

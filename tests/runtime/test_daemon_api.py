@@ -266,15 +266,12 @@ def test_malformed_and_oversized_requests_get_4xx_and_the_daemon_stays_up(idle):
 
 
 def test_a_burst_of_status_requests_does_not_disturb_the_servo_loop(idle):
-    response = idle.post("/tasks", {"instruction": "reach the red cube", "max_duration_s": 200})
+    response = idle.post("/tasks", {"instruction": "reach the red cube", "max_duration_s": 300})
     assert response.status_code == 202
-    started = time.monotonic()
     idle.wait_for(
         lambda s: s["task"] is not None and s["task"]["plans"] >= 1, PLAN_TIMEOUT_S, "a plan"
     )
-    # The scene reset at the task start pauses the loop once (see docs/runtime.md); keep it
-    # out of the 10 s jitter window that /status reports.
-    time.sleep(max(0.0, 10.5 - (time.monotonic() - started)))
+    time.sleep(1.5)  # the pause around the scene reset at the task start stays out of the window
     local = threading.local()  # one kept-alive connection per client thread, like a dashboard
 
     def fetch(_: int) -> int:
@@ -285,12 +282,11 @@ def test_a_burst_of_status_requests_does_not_disturb_the_servo_loop(idle):
     burst_started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         codes = list(pool.map(fetch, range(1000)))
-    burst_s = time.monotonic() - burst_started
+    window_s = time.monotonic() - burst_started
     assert codes.count(200) == 1000
-    time.sleep(0.6)  # the next stats refresh covers the burst
-    status = idle.status()
+    status = idle.client.get("/status", params={"servo_window_s": min(60.0, window_s)}).json()
     assert status["task"] is not None, "the task ended during the burst"
     jitter = status["servo"]["jitter_ms_p99"]
-    assert burst_s < 10.0, f"the burst took {burst_s:.1f} s, longer than the jitter window"
-    assert jitter is not None and jitter <= 2.0, (jitter, status["servo"])
+    assert jitter is not None and jitter <= 2.0, (jitter, window_s, status["servo"])
+    assert idle.client.get("/status", params={"servo_window_s": 0}).status_code == 422
     idle.post("/stop")
