@@ -15,6 +15,7 @@ import contextlib
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import httpx
 from aimg.runtime.daemon_bench import spawn_daemon, wait_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The `aimg` console script of the interpreter running the tests (what a user runs).
+AIMG = Path(sys.executable).with_name("aimg")
 TOKEN = "test-token-0123456789abcdef"
 #: The model loads in ~10 s on a quiet 2-core machine; under a loaded CI worker much longer.
 START_TIMEOUT_S = 240.0

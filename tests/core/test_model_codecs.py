@@ -164,4 +164,9 @@ def test_wan22_style_vae_latent_frame_zero_depends_on_pixel_frame_zero_only():
     x = pixels(frames=9, size=32)
     whole, first = codec.encode(x), codec.encode(x[:, :, :1])
     assert codec.spatial_factor == 16 and whole.shape == (2, 4, 3, 2, 2)
-    assert torch.equal(first[:, :, 0], whole[:, :, 0])
+    # Equal up to float rounding: the two encodes run convolutions of different shapes, whose
+    # CPU kernels may sum in different orders (this was bitwise on some CPUs, not all).
+    torch.testing.assert_close(first[:, :, 0], whole[:, :, 0], rtol=1e-5, atol=1e-6)
+    later = x.clone()
+    later[:, :, 1:] = -later[:, :, 1:]  # frames after the first must not matter to latent 0
+    torch.testing.assert_close(codec.encode(later)[:, :, 0], whole[:, :, 0], rtol=1e-5, atol=1e-6)

@@ -10,7 +10,9 @@ import time
 from urllib.parse import unquote
 
 import pytest
-from daemon_fixtures import AIMG, free_port, run_daemon
+from daemon_fixtures import AIMG, run_daemon
+
+from aimg.runtime.daemon_bench import free_port
 
 
 def needs_daemon(test):
