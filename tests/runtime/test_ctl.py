@@ -10,7 +10,7 @@ import time
 from urllib.parse import unquote
 
 import pytest
-from daemon_fixtures import AIMG, run_daemon
+from daemon_fixtures import AIMG, TASK_END_TIMEOUT_S, run_daemon
 
 from aimg.runtime.daemon_bench import free_port
 
@@ -21,7 +21,7 @@ def needs_daemon(test):
 
 
 def ctl(
-    *args: str, url: str, token_file: str, timeout: float = 60.0
+    *args: str, url: str, token_file: str, timeout: float = TASK_END_TIMEOUT_S
 ) -> subprocess.CompletedProcess:
     """Run `aimg ctl ARGS` with the daemon's address and token file from the environment."""
     env = {**os.environ, "AIMG_URL": url, "AIMG_TOKEN_FILE": token_file}
@@ -112,7 +112,7 @@ def test_start_runs_a_task_and_stop_ends_it_as_stopped(idle):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"stopped {task_id}"
     status = idle.wait_for(
-        lambda s: (s["last_task"] or {}).get("id") == task_id, 60.0, "the task to end"
+        lambda s: (s["last_task"] or {}).get("id") == task_id, TASK_END_TIMEOUT_S, "the task to end"
     )
     assert status["last_task"]["outcome"] == "stopped"
 
@@ -141,14 +141,14 @@ def test_deadman_keeps_the_task_alive_and_ctrl_c_stops_it(idle):
         assert status["state"] == "running"
         task_id = status["task"]["id"]
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=30)
+        out, _ = process.communicate(timeout=TASK_END_TIMEOUT_S)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130
     assert f"interrupted: stopped {task_id}" in out
     status = idle.wait_for(
-        lambda s: (s["last_task"] or {}).get("id") == task_id, 30.0, "the task to end"
+        lambda s: (s["last_task"] or {}).get("id") == task_id, TASK_END_TIMEOUT_S, "the task to end"
     )
     assert status["last_task"]["outcome"] == "stopped"
 

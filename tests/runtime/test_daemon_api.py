@@ -16,7 +16,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from daemon_fixtures import run_daemon
+from daemon_fixtures import TASK_END_TIMEOUT_S, run_daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from aimg.episodes import read_episode
@@ -130,7 +130,7 @@ def test_a_task_runs_is_refused_twice_stops_and_is_recorded(idle):
 
     stopped = idle.post("/stop")
     assert stopped.status_code == 200 and stopped.json()["stopped"] == task["id"]
-    ended = idle.wait_for(lambda s: s["task"] is None, 60.0, "the task to end")
+    ended = idle.wait_for(lambda s: s["task"] is None, TASK_END_TIMEOUT_S, "the task to end")
     last = ended["last_task"]
     assert last["id"] == task["id"] and last["outcome"] == "stopped"
     assert ended["state"] == "idle"
@@ -152,7 +152,7 @@ def test_estop_latches_until_reset(idle):
     assert response.status_code == 202
     estop = idle.post("/estop")
     assert estop.status_code == 200 and estop.json()["state"] == "estopped"
-    status = idle.wait_for(lambda s: s["task"] is None, 120.0, "the task to end")
+    status = idle.wait_for(lambda s: s["task"] is None, TASK_END_TIMEOUT_S, "the task to end")
     assert status["state"] == "estopped"
     assert status["last_task"]["outcome"] == "estopped"
     refused = idle.post("/tasks", {"instruction": "reach the red cube"})
@@ -177,7 +177,7 @@ def test_the_dead_man_stops_a_task_whose_client_went_quiet(idle):
         lambda s: s["task"] is None or s["task"]["state"] != "running", 30.0, "the dead-man"
     )
     assert time.monotonic() - quiet_from < 3.0
-    status = idle.wait_for(lambda s: s["task"] is None, 120.0, "the task to end")
+    status = idle.wait_for(lambda s: s["task"] is None, TASK_END_TIMEOUT_S, "the task to end")
     assert "dead-man" in status["last_task"]["reason"]
     assert status["last_task"]["outcome"] == "stopped"
 

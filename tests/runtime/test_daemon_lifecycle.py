@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from daemon_fixtures import run_daemon, start_daemon
+from daemon_fixtures import TASK_END_TIMEOUT_S, run_daemon, start_daemon
 
 from aimg.episodes import list_episodes, read_episode, remove_stale_temp_dirs
 from aimg.episodes.schema import TEMP_DIR_RE
@@ -56,7 +56,7 @@ def test_a_killed_planner_stops_the_task_says_why_and_comes_back(tmp_path):
         planner = status["processes"]["planner"]
         os.kill(planner["pid"], signal.SIGKILL)
 
-        ended = daemon.wait_for(lambda s: s["task"] is None, 60.0, "the task to end")
+        ended = daemon.wait_for(lambda s: s["task"] is None, TASK_END_TIMEOUT_S, "the task to end")
         last = ended["last_task"]
         assert last["outcome"] == "failed"
         assert "planner process died (killed by signal 9)" in last["reason"]
@@ -79,7 +79,7 @@ def test_a_killed_planner_stops_the_task_says_why_and_comes_back(tmp_path):
         assert daemon.post("/tasks", {"instruction": "reach the blue cube"}).status_code == 202
         _planning(daemon)
         daemon.post("/stop")
-        daemon.wait_for(lambda s: s["task"] is None, 60.0, "the second task to end")
+        daemon.wait_for(lambda s: s["task"] is None, TASK_END_TIMEOUT_S, "the second task to end")
         events = [line.get("event") for line in daemon.log_lines()]
         assert "planner died" in events and "planner restarted" in events
 
@@ -91,7 +91,7 @@ def test_sigterm_mid_motion_stops_the_arm_commits_the_episode_and_exits_cleanly(
         status = _planning(daemon, plans=2)
         children = [p["pid"] for p in status["processes"].values()]
         daemon.process.send_signal(signal.SIGTERM)
-        code = daemon.process.wait(120)
+        code = daemon.process.wait(TASK_END_TIMEOUT_S)
     finally:
         if daemon.process.poll() is None:
             daemon.process.kill()
@@ -122,7 +122,9 @@ def test_kill_9_mid_task_loses_no_committed_episode_and_leaves_no_half_written_o
         assert daemon.post("/tasks", {"instruction": "reach the red cube"}).status_code == 202
         _planning(daemon)
         daemon.post("/stop")
-        committed = daemon.wait_for(lambda s: s["task"] is None, 60.0, "the task to end")
+        committed = daemon.wait_for(
+            lambda s: s["task"] is None, TASK_END_TIMEOUT_S, "the task to end"
+        )
     first = committed["last_task"]["episode"]
     assert [str(p) for p in list_episodes(episodes)] == [first]
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from daemon_fixtures import REPO_ROOT, run_daemon
+from daemon_fixtures import REPO_ROOT, TASK_END_TIMEOUT_S, run_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cell")]
 
@@ -115,7 +115,7 @@ def test_a_task_started_on_the_page_draws_its_plan_and_the_estop_holds_the_arm(p
     page.wait_for_selector("#estop-banner:not([hidden])")
     _screenshot(page, "estopped")
 
-    daemon.wait_for(lambda s: s["task"] is None, 60.0, "the e-stopped task to end")
+    daemon.wait_for(lambda s: s["task"] is None, TASK_END_TIMEOUT_S, "the e-stopped task to end")
     page.click("#reset")
     page.wait_for_function("document.querySelector('#state').textContent === 'idle'")
     assert page.inner_text("#error") == ""
