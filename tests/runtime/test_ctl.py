@@ -177,6 +177,6 @@ def test_watch_shows_live_status_and_exits_cleanly_on_ctrl_c(idle):
     )  # fmt: skip
     time.sleep(4.0)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
+    out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert "daemon   idle" in out
