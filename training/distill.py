@@ -42,9 +42,8 @@ from torch import nn
 from aimg.config import ConfigError, from_dict, load_yaml, to_dict
 from aimg.model.config import DistilledFrom, ModelConfig, SamplingConfig
 from aimg.model.schedule import NUM_TRAIN_TIMESTEPS, sampler_sigmas, window_indices
-from aimg.training import checkpointing as ckpt
 from aimg.training.config import DataConfig, TrainConfig
-from aimg.training.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from aimg.training.distributed import DistContext
 from aimg.training.loss import masked_flow_loss, noised_latents, seeded_noise
 from aimg.training.objective import WorldActionObjective
 from aimg.training.order import mix_seed
@@ -473,42 +472,22 @@ def build_distiller(job: DistillJob, ctx: DistContext, progress: bool = True) ->
 
 def run_distillation(job: DistillJob, resume: bool, progress: bool = True) -> dict[str, Any]:
     """Distil (or resume) in this process; returns a summary (rank 0's view)."""
-    from aimg.training.run import RunError
+    from aimg.training.run import run_job
 
-    checkpoints = job.run_dir / "checkpoints"
-    if not resume and ckpt.latest_checkpoint(checkpoints) is not None:
-        raise RunError(
-            f"{job.run_dir} already holds checkpoints: pass --resume to continue that "
-            "distillation, or choose a new --out"
-        )
-    ctx = init_distributed(job.train.device)
-    try:
-        trainer = build_distiller(job, ctx, progress)
-        if resume:
-            trainer.resume_latest()
-        resumed_from = trainer.step
-        if ctx.is_main:
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump(json.loads(json.dumps(job_dict(job))), sort_keys=False)
-            (job.run_dir / CONFIG_FILE).write_text(text)
-        metrics = trainer.fit()
-        barrier(ctx)
-        latest = ckpt.latest_checkpoint(checkpoints)
-        sampling = job.plan.sampling
-        return {
-            "rank": ctx.rank,
-            "run_dir": str(job.run_dir),
+    sampling = job.plan.sampling
+    config_text = yaml.safe_dump(json.loads(json.dumps(job_dict(job))), sort_keys=False)
+    return run_job(
+        job.run_dir,
+        job.train.device,
+        lambda ctx: build_distiller(job, ctx, progress),
+        {CONFIG_FILE: config_text},
+        resume,
+        "continue that distillation, or choose a new --out",
+        extra={
             "teacher": str(job.teacher),
             "teacher_steps": sampling.distilled.teacher_steps,
             "teacher_cfg_scale": sampling.distilled.teacher_cfg_scale,
             "student_steps": sampling.num_steps,
             "stage": sampling.distilled.stage,
-            "world_size": ctx.world_size,
-            "device": str(ctx.device),
-            "start_step": resumed_from,
-            "step": trainer.step,
-            "checkpoint": str(latest) if latest else None,
-            **{k: round(v, 6) for k, v in metrics.items()},
-        }
-    finally:
-        shutdown_distributed()
+        },
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,22 +139,41 @@ def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = Tru
 
 def run_training(preset: TrainingPreset, resume: bool, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a preset in this process; returns a summary (rank 0's view)."""
-    run_dir = preset.train.run_dir
+    return run_job(
+        preset.train.run_dir,
+        preset.train.device,
+        lambda ctx: build_trainer(preset, ctx, progress),
+        {PRESET_FILE: yaml.safe_dump(preset_dict(preset), sort_keys=False)},
+        resume,
+        "continue that run, or choose a new --run-dir",
+    )
+
+
+def run_job(
+    run_dir: Path,
+    device: str,
+    build: Callable[[Any], Any],
+    files: dict[str, str],
+    resume: bool,
+    advice: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run skeleton shared by `aimg train` and `aimg distill`: refuse to overwrite a run
+    unless resuming, set up the process group, build the trainer, resume, write the run's
+    config `files` (rank 0), fit, leave together; returns the summary (with `extra`)."""
     checkpoints = run_dir / "checkpoints"
     if not resume and ckpt.latest_checkpoint(checkpoints) is not None:
-        raise RunError(
-            f"{run_dir} already holds checkpoints: pass --resume to continue that run, or "
-            "choose a new --run-dir"
-        )
-    ctx = init_distributed(preset.train.device)
+        raise RunError(f"{run_dir} already holds checkpoints: pass --resume to {advice}")
+    ctx = init_distributed(device)
     try:
-        trainer = build_trainer(preset, ctx, progress)
+        trainer = build(ctx)
         if resume:
             trainer.resume_latest()
         resumed_from = trainer.step
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / PRESET_FILE).write_text(yaml.safe_dump(preset_dict(preset), sort_keys=False))
+            for name, text in files.items():
+                (run_dir / name).write_text(text)
         metrics = trainer.fit()
         # Leave together: a rank that tears down gloo while another still finishes its last
         # checkpoint collective aborted at exit on a loaded machine ("terminate called ...").
@@ -162,6 +182,7 @@ def run_training(preset: TrainingPreset, resume: bool, progress: bool = True) ->
         return {
             "rank": ctx.rank,
             "run_dir": str(run_dir),
+            **(extra or {}),
             "world_size": ctx.world_size,
             "device": str(ctx.device),
             "start_step": resumed_from,
