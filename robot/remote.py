@@ -209,6 +209,11 @@ class Channel:
         raise _ERRORS.get(name, RemoteError)(detail)
 
     @property
+    def process(self) -> multiprocessing.Process | None:
+        """The server process this channel started (None for `ServerAddress.connect()`)."""
+        return self._process
+
+    @property
     def server_alive(self) -> bool:
         """Whether the server process (if this channel started one) is still running."""
         return self._process is not None and self._process.is_alive()

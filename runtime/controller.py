@@ -245,9 +245,8 @@ class Controller:
         return self
 
     def _open_devices(self) -> None:
-        from aimg.runtime.camera_process import CameraProcess
         from aimg.runtime.scheduler import PoseHistory
-        from aimg.runtime.servo import ServoProcess, connect_remote_arm
+        from aimg.runtime.servo import connect_remote_arm
 
         devices = self.config.devices
         if devices.kind != "sim":
@@ -267,7 +266,6 @@ class Controller:
         self._start_camera()
         self._start_servo()
         self.poses = PoseHistory(self.servo).start()
-        del CameraProcess, ServoProcess
 
     def _start_camera(self) -> None:
         from aimg.runtime.camera_process import CameraProcess

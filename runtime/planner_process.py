@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from aimg.geometry import Camera
 from aimg.robot.remote import Channel, RemoteError, spawn_server
 from aimg.runtime.waypoints import Waypoints
 
@@ -169,10 +168,13 @@ class PlannerProcess:
         self.state = "stopped"
 
     @property
-    def pid(self) -> int | None:
+    def process(self) -> Any:
         channel = self._channel
-        process = getattr(channel, "_process", None) if channel is not None else None
-        return process.pid if process is not None else None
+        return channel.process if channel is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     @property
     def alive(self) -> bool:
@@ -181,9 +183,7 @@ class PlannerProcess:
 
     @property
     def exitcode(self) -> int | None:
-        channel = self._channel
-        process = getattr(channel, "_process", None) if channel is not None else None
-        return process.exitcode if process is not None else None
+        return self.process.exitcode if self.process is not None else None
 
     # -- what the scheduler uses -----------------------------------------------------------
 
@@ -196,37 +196,18 @@ class PlannerProcess:
     def dt_s(self) -> float:
         return float(self.info["dt_s"])
 
-    def plan(
-        self,
-        images: Mapping[str, np.ndarray],
-        cameras: Mapping[str, Camera],
-        tool_pose: np.ndarray,
-        observation_ns: int,
-        instruction: str,
-        seed: int | None = None,
-        prefix: np.ndarray | None = None,
-    ) -> PlanSummary:
-        """`Policy.plan` in the planner process; raises `PlannerDied` if it is gone."""
+    def plan(self, *args: Any, **kwargs: Any) -> PlanSummary:
+        """`Policy.plan` (same arguments) in the planner process; raises `PlannerDied` if it
+        is gone."""
         channel = self._channel
         if channel is None or not channel.server_alive:
             raise PlannerDied(self.death_reason())
         try:
-            return channel.call(
-                "planner",
-                "plan",
-                dict(images),
-                dict(cameras),
-                np.asarray(tool_pose),
-                int(observation_ns),
-                instruction,
-                seed=seed,
-                prefix=prefix,
-            )
+            return channel.call("planner", "plan", *args, **kwargs)
         except RemoteError as exc:
             if isinstance(exc.__cause__, (EOFError, OSError)):  # the pipe closed: it died
-                process = getattr(channel, "_process", None)
-                if process is not None:
-                    process.join(2.0)  # reap it, so its exit code says how it died
+                if channel.process is not None:
+                    channel.process.join(2.0)  # reap it, so its exit code says how it died
                 self.state = "dead"
                 raise PlannerDied(self.death_reason()) from exc
             raise
