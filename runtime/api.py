@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aimg.runtime.controller import Controller, ControllerError
+from aimg.runtime.task_recording import json_safe
 
 log = logging.getLogger("aimg.daemon.api")
 
@@ -188,7 +188,7 @@ def create_app(controller: Controller, token: str, max_body_bytes: int = 16384) 
     async def get_status(servo_window_s: float | None = None) -> JSONResponse:
         if servo_window_s is not None and not 0.1 <= servo_window_s <= 60.0:
             raise ControllerError(422, "servo_window_s must be in [0.1, 60] s")
-        return JSONResponse(_finite(controller.status(servo_window_s)))
+        return JSONResponse(json_safe(controller.status(servo_window_s)))
 
     @app.get("/health")
     async def get_health() -> JSONResponse:
@@ -242,18 +242,7 @@ async def _event_stream(controller: Controller, request: Request) -> Any:
 
 
 def _sse(name: str, data: Any) -> str:
-    return f"event: {name}\ndata: {json.dumps(_finite(data), separators=(',', ':'))}\n\n"
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: such numbers become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return f"event: {name}\ndata: {json.dumps(json_safe(data), separators=(',', ':'))}\n\n"
 
 
 def _describe(exc: ValidationError) -> str:

@@ -335,7 +335,8 @@ def _caller_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def json_safe(value: Any) -> Any:
-    """Plain JSON of plan timings: NumPy values as numbers and lists, NaN / inf as None."""
+    """Plain JSON (plan timings, API answers): NumPy values as numbers and lists, NaN / inf
+    as None (JSON has neither)."""
     if isinstance(value, Mapping):
         return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, np.ndarray):
