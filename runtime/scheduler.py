@@ -186,6 +186,14 @@ class Scheduler:
         self.last_active_ns = time.monotonic_ns()
         self.stopped_reason: str | None = None
         self.calibration = cameras.cameras
+        # The count, not only the flag on one frame set: a flagged set that arrives while a plan
+        # is in flight is overwritten by later (monotonic again) sets before the next step.
+        self.backwards_seen = self._backwards_count()
+
+    def _backwards_count(self) -> int:
+        """How many times the camera process saw device timestamps go back (0 without stats)."""
+        stats = getattr(self.cameras, "stats", None)
+        return stats().timestamps_backwards if stats is not None else 0
 
     @property
     def done(self) -> bool:
@@ -210,7 +218,10 @@ class Scheduler:
             return None
         self.last_frame_counter = frame_counter(frames)
         started_ns = time.monotonic_ns()
-        if bool(frames.extras.get(EXTRA_TIMESTAMPS_BACKWARDS, False)):
+        backwards = self._backwards_count()
+        if bool(frames.extras.get(EXTRA_TIMESTAMPS_BACKWARDS, False)) or (
+            backwards > self.backwards_seen
+        ):
             self.stop(
                 "camera timestamps went backwards: the frames cannot be ordered in time, so "
                 "the planner stopped (check the camera clock / USB link, then reset)"

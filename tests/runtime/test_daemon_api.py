@@ -285,7 +285,11 @@ def test_a_burst_of_status_requests_does_not_disturb_the_servo_loop(idle):
     window_s = time.monotonic() - burst_started
     assert codes.count(200) == 1000
     status = idle.client.get("/status", params={"servo_window_s": min(60.0, window_s)}).json()
-    assert status["task"] is not None, "the task ended during the burst"
+    # The reach may succeed during the burst (the arm then holds, the servo loop runs on);
+    # any other end (a fault, a dead process, the dead-man) is a failure.
+    ended = status["last_task"] if status["task"] is None else None
+    assert ended is None or ended["outcome"] == "succeeded", f"the task ended: {ended}"
+    assert status["state"] in ("running", "idle"), status["state"]
     jitter = status["servo"]["jitter_ms_p99"]
     assert jitter is not None and jitter <= 2.0, (jitter, window_s, status["servo"])
     assert idle.client.get("/status", params={"servo_window_s": 0}).status_code == 422
