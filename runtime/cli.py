@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -109,14 +110,20 @@ def run(
         help="YAML file of safety limits (the keys of aimg.runtime.safety.SafetyLimits, at the "
         "top level or under `safety:`); unset keys keep the sim cell's defaults.",
     ),
+    compare: list[Path] = typer.Option(
+        None,
+        help="Also run this model (repeatable; e.g. the teacher of a distilled --model) on the "
+        "same start states and print success and plan latency side by side.",
+    ),
     out: Path = typer.Option(None, help="Also write the JSON report here."),
 ) -> None:
     """Run the closed loop: cameras -> policy -> scheduler -> safety -> servo -> arm.
 
     Prints success rate, plan latency (p50/p95), replans per episode, control-rate statistics
-    and the safety events as JSON.
+    and the safety events as JSON. With --compare, each further model runs the same start
+    states after --model and the report gains `side_by_side` and `compared`.
     """
-    from aimg.runtime.sim_run import RunSettings, run_sim
+    from aimg.runtime.sim_run import RunSettings, run_sim, side_by_side
 
     if not sim:
         typer.echo(
@@ -158,11 +165,21 @@ def run(
         video=video,
     )
     report = run_sim(settings)
+    if compare:
+        if planner != "model":
+            typer.echo("error: --compare compares models: drop --planner expert", err=True)
+            raise typer.Exit(2)
+        runs = {str(model): report}
+        for other in compare:
+            typer.echo(f"--compare: the same {episodes} start states with {other}", err=True)
+            runs[str(other)] = run_sim(dataclasses.replace(settings, model=other))
+        report["compared"] = {name: r for name, r in runs.items() if name != str(model)}
+        report["side_by_side"] = side_by_side(runs)
     text = json.dumps(report, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
-    summary = {k: v for k, v in report.items() if k != "per_episode"}
+    summary = {k: v for k, v in report.items() if k not in ("per_episode", "compared")}
     typer.echo(json.dumps(summary, indent=2))
     successes = sum(e["success"] for e in report["per_episode"])
     typer.echo(
@@ -174,6 +191,13 @@ def run(
         f"{report['out_of_limit_commands']} commands out of limits",
         err=True,
     )
+    for row in report.get("side_by_side", []):
+        typer.echo(
+            f"  {row['model']}: {row['steps']} steps, {row['evaluations_per_plan']} evaluations "
+            f"per plan, success {100 * row['success_rate']:.0f} %, plan latency p50 "
+            f"{row['plan_latency_p50_s'] or 0:.2f} s / p95 {row['plan_latency_p95_s'] or 0:.2f} s",
+            err=True,
+        )
 
 
 def bench_loop(

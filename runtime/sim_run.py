@@ -233,6 +233,7 @@ def run_sim(
         commands = servo.commands()
         violations = check_commands(commands, limits, 1.0 / settings.rate_hz)
         report = _summary(settings, results, servo, camera, violations, len(commands))
+        report["model"] = policy.backend.describe()
     finally:
         poses.close()
         heartbeat.__exit__()
@@ -241,6 +242,33 @@ def run_sim(
         camera.close()
         cell.close()
     return report
+
+
+SIDE_BY_SIDE_KEYS = (
+    "success_rate",
+    "final_xy_error_median_m",
+    "plan_latency_p50_s",
+    "plan_latency_p95_s",
+    "replans_per_episode",
+    "out_of_limit_commands",
+)
+
+
+def side_by_side(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model run on the same start states (e.g. a student and its teacher), with
+    the evaluations each plan costs: steps, doubled when guidance runs a second branch."""
+    rows = []
+    for name, report in reports.items():
+        model = report.get("model") or {}
+        steps, cfg = model.get("steps"), model.get("cfg_scale")
+        row: dict[str, Any] = {"model": name, "steps": steps, "cfg_scale": cfg}
+        row["evaluations_per_plan"] = (
+            None if steps is None else steps * (1 if cfg in (None, 1.0) else 2)
+        )
+        row["distilled"] = model.get("distilled") is not None
+        row.update({k: report.get(k) for k in SIDE_BY_SIDE_KEYS})
+        rows.append(row)
+    return rows
 
 
 def _progress(total: int, enabled: bool):
