@@ -393,6 +393,7 @@ def guidance_sweep(
             num_steps=num_steps,
             cfg_scale=scale,
             samples=samples,
+            progress=f"guidance {scale:g}",
         )
         s = report["summary"]
         rows.append(

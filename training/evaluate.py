@@ -160,6 +160,7 @@ def evaluate_checkpoint(
     num_steps: int | None = None,
     cfg_scale: float | None = None,
     samples: int = 1,
+    progress: str | None = "eval",
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` on the first `num_episodes` episodes under `data`.
 
@@ -172,9 +173,10 @@ def evaluate_checkpoint(
     Returns {"summary": {...}, "episodes": [...]} and writes `report.json` plus
     `sheet_XXX.png` contact sheets into `out_dir` (default `<run>/eval/<step>`, outside the
     checkpoint directory, which training may prune). Plans are drawn one start state at a
-    time, as the robot draws them.
+    time, as the robot draws them. `progress`: the label of a tqdm bar on stderr (None: none).
     """
     from PIL import Image
+    from tqdm import tqdm
 
     from aimg.codec.decode import decode
     from aimg.codec.render import render
@@ -207,7 +209,8 @@ def evaluate_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[dict[str, Any]] = []
-    for index, path in enumerate(paths):
+    bar = tqdm(paths, desc=progress, unit="start", disable=progress is None)
+    for index, path in enumerate(bar):
         episode = read_episode(path)
         obs, views = episode_observation(episode, spec, dcfg.views)
         if not all(episode.camera_is_static(v) for v in views):
@@ -241,6 +244,8 @@ def evaluate_checkpoint(
             Image.fromarray(sheet).save(out_dir / name)
             result["sheet"] = name
         results.append(result)
+        bar.set_postfix_str(f"success {sum(r['success'] for r in results)}/{len(results)}")
+    bar.close()
     summary = summarise(results, threshold)
     summary.update(
         checkpoint=str(step_dir),
