@@ -275,7 +275,7 @@ def evaluate_distill(
         None,
         "--bracket-steps",
         min=1,
-        help="Teacher steps of the brackets (default: the first student's).",
+        help="Teacher steps of the brackets (default: each student's own).",
     ),
     floor_steps: int = typer.Option(
         100, "--floor-steps", min=1, help="Teacher steps of the numerical-floor bracket."

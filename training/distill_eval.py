@@ -69,7 +69,8 @@ def distill_arms(
     """Reference, students and brackets (duplicates, e.g. with cfg 1, appear once).
 
     cfg_scale: the reference's guidance (default: the guidance folded into the first student,
-    else the teacher's own). bracket_steps: default the first student's step count, else 16.
+    else the teacher's own). bracket_steps: default each student's step count (so every
+    student has its own brackets), else 16.
     """
     if teacher_base.distilled is not None:
         raise EvaluationError(
@@ -80,8 +81,10 @@ def distill_arms(
     if cfg_scale is None:
         folded = first.distilled if first is not None else None
         cfg_scale = folded.guidance_scale if folded is not None else teacher_base.cfg_scale
-    if bracket_steps is None:
-        bracket_steps = first.num_steps if first is not None else 16
+    if bracket_steps is not None:
+        step_counts = [bracket_steps]
+    else:
+        step_counts = list(dict.fromkeys(s.num_steps for _, s in students)) or [16]
 
     def teacher_arm(role: str, steps: int, scale: float) -> Arm:
         name = f"teacher-{steps}-cfg{scale:g}"
@@ -95,7 +98,8 @@ def distill_arms(
             name += "'"
         names.add(name)
         arms.append(Arm(name, "student", path, sampling))
-    brackets = ((bracket_steps, cfg_scale), (bracket_steps, 1.0), (floor_steps, cfg_scale))
+    brackets = [(steps, scale) for steps in step_counts for scale in (cfg_scale, 1.0)]
+    brackets.append((floor_steps, cfg_scale))
     for steps, scale in brackets:
         arm = teacher_arm("bracket", steps, scale)
         if arm.name not in names:

@@ -433,6 +433,14 @@ def test_arms_are_the_reference_the_students_and_three_brackets(tmp_path):
     unguided = plan_distillation(teacher, "a" * 64, DistillConfig(16, 50, 1.0)).sampling
     names = [a.name for a in distill_arms(tmp_path / "t", teacher, [(tmp_path / "s", unguided)])]
     assert names == ["teacher-50-cfg1", "student-16", "teacher-16-cfg1", "teacher-100-cfg1"]
+    four = plan_distillation(teacher, "a" * 64, DistillConfig(4, 50, 1.0)).sampling
+    arms = distill_arms(
+        tmp_path / "t", teacher, [(tmp_path / "s", unguided), (tmp_path / "f", four)]
+    )
+    assert [a.name for a in arms] == [
+        "teacher-50-cfg1", "student-16", "student-4", "teacher-16-cfg1", "teacher-4-cfg1",
+        "teacher-100-cfg1",
+    ]  # fmt: skip
     with pytest.raises(EvaluationError, match="original teacher"):
         distill_arms(tmp_path / "s", student, [])
 
