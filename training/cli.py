@@ -366,9 +366,9 @@ def evaluate_guidance(
 
     Runs `aimg eval` at --steps for each scale (same start states, same noise) and prints JSON:
     per scale the success rate, errors and evaluations per plan, the best scale (highest
-    success, then lowest median error, then the smallest scale) and whether guidance helps
-    (the best scale beats scale 1 on success). Distil from the best:
-    `aimg distill ... --teacher-cfg BEST`.
+    success, then lowest median error, then the smallest scale), whether guidance helps (the
+    best scale solves more of the same starts than scale 1, beyond chance: paired sign test,
+    p < 0.05) and the scale to distil: `aimg distill ... --teacher-cfg RECOMMENDED`.
     """
     import json
 

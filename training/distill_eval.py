@@ -363,6 +363,22 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+SIGNIFICANCE = 0.05
+
+
+def paired_sign_test(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
+    """Starts that `a` solves and `b` does not (wins), the reverse (losses), and the exact
+    two-sided sign-test p-value of that split: both arms ran the same start states from the
+    same noise, so only the discordant starts carry evidence."""
+    wins = sum(x and not y for x, y in zip(a, b, strict=True))
+    losses = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = wins + losses
+    if n == 0:
+        return wins, losses, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return wins, losses, min(1.0, 2 * tail)
+
+
 def guidance_sweep(
     checkpoint: Path,
     data: list[Path],
@@ -385,6 +401,7 @@ def guidance_sweep(
         root = step_dir.parent.parent / "eval" if in_run else step_dir / "eval"
         out_dir = root / f"guidance-{step_dir.name}-{num_steps}steps"
     rows = []
+    successes: dict[float, list[bool]] = {}
     for scale in scales:
         report = evaluate_checkpoint(
             step_dir,
@@ -400,6 +417,7 @@ def guidance_sweep(
             progress=f"guidance {scale:g}",
         )
         s = report["summary"]
+        successes[scale] = [bool(e["success"]) for e in report["episodes"]]
         rows.append(
             {
                 "cfg_scale": scale,
@@ -423,8 +441,13 @@ def guidance_sweep(
         return (-row["success_rate"], math.inf if median is None else median, row["cfg_scale"])
 
     best = min(rows, key=rank)
-    unguided = next((r for r in rows if r["cfg_scale"] == 1.0), None)
-    helps = None if unguided is None else best["success_rate"] > unguided["success_rate"]
+    unguided = successes.get(1.0)
+    helps = None
+    if unguided is not None:
+        for row in rows:
+            wins, losses, p = paired_sign_test(successes[row["cfg_scale"]], unguided)
+            row.update(wins_vs_unguided=wins, losses_vs_unguided=losses, sign_test_p=p)
+        helps = best["cfg_scale"] != 1.0 and best["sign_test_p"] < SIGNIFICANCE
     result = {
         "checkpoint": str(step_dir),
         "steps": num_steps,
@@ -435,6 +458,9 @@ def guidance_sweep(
         "scales": rows,
         "best_cfg_scale": best["cfg_scale"],
         "guidance_helps": helps,
+        # Distil from the best scale only when it beats the unguided teacher beyond chance on
+        # these start states; otherwise the unguided teacher is as good and costs half.
+        "recommended_cfg_scale": best["cfg_scale"] if helps or unguided is None else 1.0,
     }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")

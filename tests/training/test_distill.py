@@ -32,7 +32,7 @@ from aimg.training.distill import (
     run_distillation,
     window_targets,
 )
-from aimg.training.distill_eval import compare_plans, distill_arms
+from aimg.training.distill_eval import compare_plans, distill_arms, paired_sign_test
 from aimg.training.distributed import DistContext
 from aimg.training.evaluate import EvaluationError, evaluate_checkpoint
 
@@ -510,11 +510,25 @@ def test_the_guidance_sweep_reports_every_scale_and_the_best(world, tmp_path):
     sweep = json.loads(result.output[result.output.index("{") :])
     assert [r["cfg_scale"] for r in sweep["scales"]] == [1.0, 2.5]
     assert [r["evaluations_per_plan"] for r in sweep["scales"]] == [2, 4]
-    assert sweep["best_cfg_scale"] in (1.0, 2.5) and isinstance(sweep["guidance_helps"], bool)
+    assert sweep["best_cfg_scale"] in (1.0, 2.5)
+    # one start state cannot show that guidance helps: the unguided teacher is recommended
+    assert sweep["guidance_helps"] is False and sweep["recommended_cfg_scale"] == 1.0
     assert (tmp_path / "sweep" / "sweep.json").is_file()
     assert (tmp_path / "sweep" / "cfg2.5" / "report.json").is_file()
     bad = _cli("eval", "guidance", "--checkpoint", "x", "--data", "y", "--scales", "a")
     assert bad.exit_code == 2 and "--scales" in bad.output
+
+
+def test_the_sign_test_counts_only_the_starts_where_the_arms_disagree():
+    same = [True, False, True]
+    assert paired_sign_test(same, same) == (0, 0, 1.0)
+    assert paired_sign_test([True] * 6 + [False] * 4, [False] * 6 + [False] * 4) == (
+        6,
+        0,
+        pytest.approx(2 / 64),
+    )
+    wins, losses, p = paired_sign_test([True, True, False, True], [False, False, True, True])
+    assert (wins, losses) == (2, 1) and p == pytest.approx(1.0)  # 2:1 is no evidence
 
 
 def test_the_aimg_command_carries_distill_and_the_eval_sub_commands():
