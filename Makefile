@@ -5,8 +5,8 @@ setup:
 	scripts/setup.sh
 
 demo: setup
-	.venv/bin/aimg export onnx assets/sim-tiny --out runs/artifacts/sim-tiny
-	.venv/bin/aimg run --sim --task reach --episodes 5 --model runs/artifacts/sim-tiny \
+	.venv/bin/aimg export onnx assets/sim-tiny-16 --out runs/artifacts/sim-tiny-16
+	.venv/bin/aimg run --sim --task reach --episodes 5 --model runs/artifacts/sim-tiny-16 \
 		--video runs/demo-reach.mp4 --out runs/demo-reach.json
 
 test: setup

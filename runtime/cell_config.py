@@ -90,7 +90,7 @@ class Devices:
 class ModelSection:
     """A checkpoint directory (`aimg train` output) or an exported artifact (`aimg export`)."""
 
-    path: Path = Path("assets/sim-tiny")
+    path: Path = Path("assets/sim-tiny-16")
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     threads: int = 1
 

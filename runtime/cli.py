@@ -66,8 +66,9 @@ def run(
         "`aimg sim collect --seed SEED`.",
     ),
     model: Path = typer.Option(
-        Path("assets/sim-tiny"),
-        help="Checkpoint directory or exported artifact (`aimg export onnx`).",
+        Path("assets/sim-tiny-16"),
+        help="Checkpoint directory or exported artifact (`aimg export onnx`); the default is "
+        "the bundled 16-step student of assets/sim-tiny (docs/distillation.md).",
     ),
     backend: str = typer.Option(
         "auto", help="auto (artifact: onnxruntime, checkpoint: torch), torch or onnxruntime."

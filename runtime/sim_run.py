@@ -35,7 +35,7 @@ class RunSettings:
     task: str = "reach"
     episodes: int = 20
     seed: int = 2027
-    model: Path = Path("assets/sim-tiny")
+    model: Path = Path("assets/sim-tiny-16")
     backend: str = "auto"
     planner: Literal["model", "expert"] = "model"
     open_loop: bool = False

@@ -20,7 +20,7 @@ def test_the_sim_preset_loads_with_its_documented_values():
     config = load_cell_config(SIM)
     assert config.devices.kind == "sim"
     assert config.api.host == "127.0.0.1" and config.api.loopback
-    assert config.model.path == Path("assets/sim-tiny")
+    assert config.model.path == Path("assets/sim-tiny-16")  # the distilled 16-step student
     assert config.rates.servo_hz == 100.0
     assert config.recording.enabled
 
