@@ -93,7 +93,11 @@ def test_latest_is_the_newest_complete_frame_set():
         assert frame_counter(latest) >= frame_counter(second)
         assert latest.images["a"].shape == (48, 64, 3) and latest.images["a"].dtype == np.uint8
         assert cameras.frame_age_s() < 1.0
-        stats = cameras.stats()
+        # The frame set is published before the status block that times it: wait for the
+        # first period to appear rather than race the writer.
+        deadline = time.monotonic() + 5.0
+        while (stats := cameras.stats()).read_period_p50_s == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
     assert stats.state == "running" and stats.read_errors == 0
     assert stats.read_period_p50_s == pytest.approx(0.02, rel=0.5)
 
