@@ -256,15 +256,12 @@ SIDE_BY_SIDE_KEYS = (
 
 def side_by_side(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per model run on the same start states (e.g. a student and its teacher), with
-    the evaluations each plan costs: steps, doubled when guidance runs a second branch."""
+    what each plan costs (the backend's `describe()`)."""
     rows = []
     for name, report in reports.items():
         model = report.get("model") or {}
-        steps, cfg = model.get("steps"), model.get("cfg_scale")
-        row: dict[str, Any] = {"model": name, "steps": steps, "cfg_scale": cfg}
-        row["evaluations_per_plan"] = (
-            None if steps is None else steps * (1 if cfg in (None, 1.0) else 2)
-        )
+        row: dict[str, Any] = {"model": name}
+        row.update({k: model.get(k) for k in ("steps", "cfg_scale", "evaluations_per_plan")})
         row["distilled"] = model.get("distilled") is not None
         row.update({k: report.get(k) for k in SIDE_BY_SIDE_KEYS})
         rows.append(row)

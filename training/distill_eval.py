@@ -46,8 +46,7 @@ class Arm:
 
     @property
     def evaluations_per_plan(self) -> int:
-        """Transformer evaluations of one plan (two per step with guidance)."""
-        return self.sampling.num_steps * (2 if self.sampling.cfg_scale != 1.0 else 1)
+        return self.sampling.evaluations_per_plan
 
 
 def teacher_sampling(base: SamplingConfig, steps: int, cfg_scale: float) -> SamplingConfig:

@@ -276,6 +276,12 @@ class SamplingConfig:
         if self.distilled is not None and self.sigmas is None:
             raise ValueError("a distilled student samples on its own grid: `sigmas` is required")
 
+    @property
+    def evaluations_per_plan(self) -> int:
+        """Transformer evaluations of one plan: two per step with guidance (the unconditional
+        branch), one without."""
+        return self.num_steps * (2 if self.cfg_scale != 1.0 else 1)
+
 
 def model_config_from_dict(data: Any, where: str = "model") -> ModelConfig:
     """Validate a `model:` mapping into a ModelConfig (errors name the key)."""

@@ -273,5 +273,6 @@ class PlanBackend(ABC):
             "denoiser_batch": self.denoiser_batch,
             "steps": self.sampling.num_steps,
             "cfg_scale": self.sampling.cfg_scale,
+            "evaluations_per_plan": self.sampling.evaluations_per_plan,
             "distilled": to_dict(distilled) if distilled is not None else None,
         }

@@ -10,15 +10,19 @@ import typer
 from artifact_fixtures import SIM_TINY
 from typer.testing import CliRunner
 
+from aimg.model.config import SamplingConfig
 from aimg.runtime.cli import run
 from aimg.runtime.sim_run import side_by_side
 
 
 def _report(steps: int, cfg: float, distilled: bool, success: float, latency: float) -> dict:
     return {
-        "model": {
+        "model": {  # the keys of the backend's describe()
             "steps": steps,
             "cfg_scale": cfg,
+            "evaluations_per_plan": SamplingConfig(
+                num_steps=steps, cfg_scale=cfg
+            ).evaluations_per_plan,
             "distilled": {"stage": 1} if distilled else None,
         },
         "success_rate": success,
