@@ -122,7 +122,8 @@ class PoseHistory:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=1.0)
+        if self._thread.ident is not None:  # closing after a failed start must not raise
+            self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
         last = None

@@ -54,6 +54,8 @@ class PlanBackend(ABC):
     """Base class; see the module docstring. `config` is the checkpoint's config.json."""
 
     name = "abstract"
+    #: torch's intra-op threads for this backend's torch work; None = torch's default.
+    threads: int | None = None
 
     def __init__(
         self, config: dict[str, Any], device: torch.device, dtype: torch.dtype, batch: int = 1
@@ -233,6 +235,7 @@ class PlanBackend(ABC):
         see `prefix_latents`), e.g. the part of the executing trajectory that runs during
         inference (real-time chunking).
         """
+        self.pin_threads()
         timings: dict[str, Any] = {"steps": []}
         start = time.perf_counter()
 
@@ -261,6 +264,16 @@ class PlanBackend(ABC):
         images = timed("decode", self.decode_actions, out.latents)
         timings["total"] = time.perf_counter() - start
         return PlanOutput(images, out.latents.float().cpu(), timings, out.model_calls)
+
+    def pin_threads(self) -> None:
+        """Apply `self.threads` (torch's intra-op budget; None = torch's default) here.
+
+        torch's thread count is per OS thread: a count set where the backend was built does not
+        hold in the scheduler's planning thread, which then ran with every core and planned
+        ~1.5x slower beside the cell's camera and servo processes.
+        """
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def describe(self) -> dict[str, Any]:
         """What runs where (for benchmarks and logs); `distilled` says where a student's grid

@@ -62,6 +62,7 @@ class OnnxRuntimeBackend(PlanBackend):
             self.manifest.effective_config(), device, dtype, self.manifest.profile.batch
         )
         self.provider = provider
+        self.threads = threads
         if provider == "cpu":
             check_onnxruntime_cpu_precision(self.manifest)
         options = ort.SessionOptions()

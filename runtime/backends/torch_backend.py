@@ -26,8 +26,8 @@ class TorchBackend(PlanBackend):
         batch_cfg: bool = False,
         threads: int | None = None,
     ) -> None:
-        if threads is not None:
-            torch.set_num_threads(threads)
+        self.threads = threads
+        self.pin_threads()
         checkpoint = Path(checkpoint)
         config = json.loads((checkpoint / "config.json").read_text())
         dtype = precision_dtype(precision)

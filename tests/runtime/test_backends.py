@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -122,3 +123,27 @@ def test_a_plan_inpainted_on_a_prefix_starts_with_that_prefix(torch_backend):
     decoded = decode(plan.action_images, obs.cameras, sigma_fraction=torch_backend.spec.blob_sigma)
     np.testing.assert_allclose(decoded.actions[1, :3], prefix[0, :3], atol=2e-3)
     assert "prefix" in plan.timings
+
+
+def test_a_plan_runs_with_the_backends_thread_budget_in_any_thread(torch_backend):
+    """torch's thread count is per OS thread: the scheduler plans in its own thread, where a
+    count set at load time does not hold unless the backend applies it there."""
+    seen: list[int] = []
+    denoise = torch_backend.denoise
+
+    def counting_denoise(*args):
+        seen.append(torch.get_num_threads())
+        return denoise(*args)
+
+    def plan_in_a_thread_with_another_budget() -> None:
+        torch.set_num_threads(2)
+        torch_backend.plan(synthetic_observation(torch_backend.spec), "reach the red cube", seed=3)
+
+    torch_backend.denoise = counting_denoise
+    try:
+        worker = threading.Thread(target=plan_in_a_thread_with_another_budget)
+        worker.start()
+        worker.join(timeout=300)
+    finally:
+        del torch_backend.denoise
+    assert seen and set(seen) == {1}
