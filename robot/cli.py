@@ -112,3 +112,49 @@ def verify(
     typer.echo(
         json.dumps({"task": task, "episodes": episodes, "successes": successes, **check.summary()})
     )
+
+
+@app.command("xarm-emulator")
+def xarm_emulator(
+    host: str = typer.Option("127.0.0.1", help="Loopback address to listen on (127.x.y.z)."),
+    uds: bool = typer.Option(
+        False, help="Also serve /tmp/xarmcontroller_uds_{502,30001,30002} (no root needed)."
+    ),
+    tcp: bool = typer.Option(True, help="Serve TCP ports 502, 30001, 30002 (502 needs root)."),
+    report_hz: float = typer.Option(100.0, min=1.0, help="Report push rate (a real box: 5 Hz)."),
+    seed: int = typer.Option(0, help="Seed of the simulated cell."),
+) -> None:
+    """Run a loopback xArm controller whose arm is the PyBullet cell, until Ctrl-C.
+
+    The unmodified xarm-python-sdk connects with XArmAPI("<host>"): TCP port 502
+    for commands, 30002 for the rich report (30001: the normal one). The SDK
+    cannot be given other ports, and binding 502 needs root or
+    CAP_NET_BIND_SERVICE. Without either, use --uds --no-tcp: on Linux the SDK
+    first tries the unix sockets /tmp/xarmcontroller_uds_<port> whenever they
+    exist, for ANY address it is given (unless forbid_uds=True; aimg's XArm
+    sets that unless XArmConfig.use_uds). So one UDS emulator per machine; its
+    files are removed on exit. Prints one JSON line with where it listens.
+    """
+    from aimg.robot.sim.world import SimWorld
+    from aimg.robot.xarm.emulator import XArmEmulator
+
+    if not (tcp or uds):
+        raise typer.BadParameter("nothing to serve: drop --no-tcp or add --uds")
+    world = SimWorld(seed=seed)
+    world.start_real_time()
+    try:
+        emulator = XArmEmulator(
+            world, host=host, uds=uds, tcp=tcp, report_hz=report_hz, owns_world=True
+        )
+    except (OSError, ValueError) as exc:
+        world.close()
+        raise typer.BadParameter(str(exc)) from exc
+    with emulator:
+        where = [f"tcp {emulator.host}:502,30001,30002"] if tcp else []
+        where += ["uds /tmp/xarmcontroller_uds_{502,30001,30002}"] if uds else []
+        typer.echo(json.dumps({"xarm_emulator": where, "report_hz": report_hz}))
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass

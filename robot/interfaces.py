@@ -19,16 +19,24 @@ from aimg.geometry import Camera, action_to_matrix, matrix_to_action
 
 
 class ArmErrorCode(enum.IntEnum):
-    """Controller error codes, numbered as the xArm firmware numbers them (C1, C22, ...)."""
+    """Controller error codes, numbered as the xArm firmware numbers them (C1, C22, ...).
+
+    Codes >= 1000 are never sent by a controller (its report carries one byte): a driver raises
+    them itself when it can no longer trust what it knows of the arm.
+    """
 
     NONE = 0
     EMERGENCY_STOP = 1
+    EMERGENCY_IO = 2
+    THREE_STATE_SWITCH = 3
     KINEMATICS = 21
     SELF_COLLISION = 22
     JOINT_LIMIT = 23
     SPEED_LIMIT = 24
     COLLISION = 31
     BOUNDARY = 35
+    CONNECTION_LOST = 1000
+    REPORT_STALE = 1001
 
 
 class ArmError(RuntimeError):

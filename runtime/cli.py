@@ -102,6 +102,12 @@ def run(
         None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
     ),
     rate: float = typer.Option(100.0, min=50.0, max=250.0, help="Servo loop rate (Hz)."),
+    arm: str = typer.Option(
+        "sim",
+        help="sim: the simulated arm directly; xarm-sdk: the same arm through the unmodified "
+        "xArm SDK and a loopback controller emulator (aimg.robot.xarm), the path a real xArm "
+        "takes; the report then adds the command spacing the controller saw (emulator_servo).",
+    ),
     threads: int = typer.Option(1, min=1, help="CPU threads of the planner's backend."),
     video: Path = typer.Option(
         None, help="Write an mp4 of one episode with the plan and executed path drawn on it."
@@ -136,6 +142,9 @@ def run(
     if planner not in ("model", "expert") or join not in ("blend", "inpaint"):
         typer.echo("error: --planner is model or expert; --join is blend or inpaint", err=True)
         raise typer.Exit(2)
+    if arm not in ("sim", "xarm-sdk"):
+        typer.echo("error: --arm is sim or xarm-sdk", err=True)
+        raise typer.Exit(2)
     limit_values: dict = {}
     if limits is not None:
         from aimg.config import ConfigError, load_yaml
@@ -162,6 +171,7 @@ def run(
         ensemble_s=ensemble,
         episode_s=episode_seconds,
         rate_hz=rate,
+        arm=arm,
         threads=threads,
         video=video,
     )

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from aimg.robot.interfaces import ArmErrorCode, ArmState
+from aimg.robot.interfaces import ArmState
+from aimg.robot.xarm.codes import error_meaning  # the code tables only, not the SDK
 
 SEVERITIES = ("info", "clamp", "hold", "estop")
 #: Internal slack: the filter aims this much (relative) inside every limit, so float rounding
@@ -424,13 +425,9 @@ class SafetyFilter:
         if code and self._fault is None:
             self._fault = int(code)
         if self._fault is not None:
-            try:
-                name = ArmErrorCode(self._fault).name
-            except ValueError:
-                name = "UNKNOWN"
             conditions["arm_error"] = (
                 "hold",
-                f"arm reports error C{self._fault} ({name}): holding, no motion until reset()",
+                f"arm reports error {error_meaning(self._fault)}; holding, no motion until reset()",
             )
         overruns = health.consecutive_overruns
         if overruns is not None and overruns >= lim.max_consecutive_overruns:

@@ -173,6 +173,19 @@ def connect_remote_arm(address: ServerAddress, name: str = "arm") -> Arm:
     return RemoteArm(address.connect(), name)
 
 
+def connect_xarm(config: Any) -> Arm:
+    """An arm factory for an xArm through its SDK (`aimg.robot.xarm.XArm`), for the servo
+    process, which must own the SDK (it sets a process-wide socket timeout). The SDK prints to
+    stdout; here stdout goes to stderr, so `aimg run`'s JSON on stdout stays clean."""
+    import sys
+
+    from aimg.robot.xarm.arm import XArm
+
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return XArm(config)
+
+
 # -- the loop (servo process side) -------------------------------------------------------------
 
 

@@ -53,6 +53,7 @@ class RunSettings:
     measure_first_command: bool = False
     fixed_noise: bool = False
     ensemble_s: float = 4.0
+    arm: Literal["sim", "xarm-sdk"] = "sim"
 
 
 EPISODE_SECONDS = {"reach": 7.0, "pick": 12.0}
@@ -169,9 +170,22 @@ def run_sim(
         ensemble_s=settings.ensemble_s,
     )
     results: list[dict[str, Any]] = []
-    cell = make_sim_cell(views=settings.views, height=settings.size, width=settings.size)
+    emulator = None
+    if settings.arm == "xarm-sdk":  # the unmodified xArm SDK -> the emulator -> the same physics
+        from aimg.robot.remote import RemoteDevice
+        from aimg.robot.xarm.emulator import make_xarm_sim_cell, xarm_config_for_cell
+        from aimg.runtime.servo import connect_xarm
+
+        cell, host = make_xarm_sim_cell(
+            views=settings.views, height=settings.size, width=settings.size
+        )
+        emulator = RemoteDevice(cell.channel, "xarm_emulator")
+        arm_factory = functools.partial(connect_xarm, xarm_config_for_cell(host))
+    else:
+        cell = make_sim_cell(views=settings.views, height=settings.size, width=settings.size)
+        arm_factory = functools.partial(connect_remote_arm, cell.address)
     supervisor = cell.supervisor()
-    arm_factory = functools.partial(connect_remote_arm, cell.address)
+    emulator_gaps_ms: list[float] = []
     camera = CameraProcess(cell.rig_factory(), fps=settings.camera_fps)
     servo = ServoProcess(arm_factory, limits, rate_hz=settings.rate_hz, blend_s=settings.blend_s)
     bar = _progress(settings.episodes, progress)
@@ -189,6 +203,8 @@ def run_sim(
             scene = supervisor.start_episode(settings.task, seed)
             servo.reset()
             wait_for_fresh_frames(camera, time.monotonic_ns())
+            if emulator is not None:
+                emulator.call("clear_servo_log")
             start_ns = time.monotonic_ns()
             planner = policy
             if settings.planner == "expert":
@@ -221,6 +237,9 @@ def run_sim(
                         record = None
                     if record is not None and len(record.positions):
                         recorder.plans.append((record.ready_ns, record.positions))
+            if emulator is not None:  # command arrivals at the controller, within the episode
+                arrivals = np.asarray(emulator.call("servo_arrivals_ns"), dtype=np.float64)
+                emulator_gaps_ms.extend((np.diff(arrivals) / 1e6).tolist())
             servo.hold("episode over")
             time.sleep(0.2)
             result = _score(supervisor, servo, scene, scheduler, index, seed)
@@ -234,6 +253,9 @@ def run_sim(
         violations = check_commands(commands, limits, 1.0 / settings.rate_hz)
         report = _summary(settings, results, servo, camera, violations, len(commands))
         report["model"] = policy.backend.describe()
+        report["arm"] = settings.arm
+        if emulator is not None:
+            report["emulator_servo"] = emulator_jitter(emulator_gaps_ms, settings.rate_hz)
     finally:
         poses.close()
         heartbeat.__exit__()
@@ -242,6 +264,23 @@ def run_sim(
         camera.close()
         cell.close()
     return report
+
+
+def emulator_jitter(gaps_ms: list[float], rate_hz: float) -> dict[str, Any]:
+    """Servo command spacing as the xArm controller (emulator) received it: what the firmware
+    sees of the loop's timing, after the SDK and the socket."""
+    gaps = np.asarray(gaps_ms, dtype=np.float64)
+    period = 1000.0 / rate_hz
+    if gaps.size == 0:
+        return {"commands": 0}
+    return {
+        "commands": int(gaps.size + 1),
+        "period_ms": period,
+        "gap_ms": {q: float(np.percentile(gaps, v)) for q, v in (("p50", 50), ("p99", 99))}
+        | {"max": float(gaps.max())},
+        "jitter_ms_p99": float(np.percentile(np.abs(gaps - period), 99)),
+        "gaps_over_2_periods": int((gaps > 2 * period).sum()),
+    }
 
 
 SIDE_BY_SIDE_KEYS = (

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from xarm_fixtures import port_502  # noqa: F401 (a fixture every xArm test may ask for)
 
 # `make test` runs two xdist workers on a 2-core machine: one math thread each (before torch
 # loads), so a worker exporting models cannot starve the other's real-time cell of its core.

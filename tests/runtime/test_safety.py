@@ -241,7 +241,7 @@ def test_arm_error_latches_until_reset():
     run, target = moving_run()
     run.tick(target, health=Health(arm_error=int(ArmErrorCode.COLLISION)))
     event = next(e for e in run.events if e.kind == "arm_error")
-    assert "COLLISION" in event.message and event.severity == "hold"
+    assert "C31 collision" in event.message and event.severity == "hold"
     run.run(target, 20, health=Health(arm_error=0))  # still latched though the code cleared
     assert run.filter.faulted and all(d.mode == "hold" for d in run.decisions[-20:])
     run.filter.reset(run.t_ns)
