@@ -30,6 +30,10 @@ class SimDevices:
     image_size: int = 128
     task: Literal["reach", "pick"] = "reach"
     scene_seed: int = 31000
+    #: sim: the servo process drives the simulated arm directly; xarm-sdk: through the
+    #: unmodified xArm SDK and the loopback controller emulator (aimg.robot.xarm), as a real
+    #: xArm is driven.
+    arm: Literal["sim", "xarm-sdk"] = "sim"
 
     def __post_init__(self) -> None:
         if not 1 <= self.views <= 4:

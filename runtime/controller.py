@@ -258,10 +258,18 @@ class Controller:
         from aimg.robot.sim.mirror import make_sim_cell
 
         sim = devices.sim
-        self.cell = make_sim_cell(views=sim.views, height=sim.image_size, width=sim.image_size)
+        size = {"views": sim.views, "height": sim.image_size, "width": sim.image_size}
+        if sim.arm == "xarm-sdk":
+            from aimg.robot.xarm.emulator import make_xarm_sim_cell, xarm_config_for_cell
+            from aimg.runtime.servo import connect_xarm
+
+            self.cell, host = make_xarm_sim_cell(**size)
+            self._arm_factory = functools.partial(connect_xarm, xarm_config_for_cell(host))
+        else:
+            self.cell = make_sim_cell(**size)
+            self._arm_factory = functools.partial(connect_remote_arm, self.cell.address)
         self.supervisor = self.cell.supervisor()
         self.supervisor.start_episode(sim.task, self._next_scene_seed)  # something on the table
-        self._arm_factory = functools.partial(connect_remote_arm, self.cell.address)
         self._rig_factory = self.cell.rig_factory()
         self._start_camera()
         self._start_servo()
