@@ -50,6 +50,7 @@ class CameraDevice:
     serial: str
     width: int = 640
     height: int = 480
+    fps: int = 30  # the camera's stream rate; the daemon reads at rates.camera_fps
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -60,16 +61,53 @@ class CameraDevice:
 
 @dataclass(frozen=True)
 class XArmDevice:
-    """A UFACTORY xArm reached over TCP at `ip`."""
+    """A UFACTORY xArm reached over TCP at `ip`, and the firmware safety aimg configures on it
+    at connect (read back; metres, radians, seconds; see `aimg.robot.xarm.XArmConfig`).
+
+    boundary_low / boundary_high: the reduced-mode TCP box in the base frame (null: no box);
+    max_tcp_speed_m_s: the firmware's reduced-mode TCP speed, a backstop above
+    `safety.max_speed_m_s`; tcp_offset: TCP in the flange frame [x, y, z, roll, pitch, yaw];
+    tcp_load_kg / tcp_load_cog_m: payload; deadman_s: the driver holds the arm when the servo
+    loop sends nothing for this long.
+    """
 
     ip: str
     model: Literal["xarm5", "xarm6", "xarm7", "lite6", "850"] = "xarm6"
+    boundary_low: tuple[float, float, float] | None = (0.12, -0.5, -0.01)
+    boundary_high: tuple[float, float, float] | None = (0.80, 0.5, 0.65)
+    max_tcp_speed_m_s: float = 0.25
+    collision_sensitivity: int = 3
+    tcp_offset: tuple[float, float, float, float, float, float] = (0.0, 0.0, 0.172, 0, 0, 0)
+    tcp_load_kg: float = 0.82
+    tcp_load_cog_m: tuple[float, float, float] = (0.0, 0.0, 0.048)
+    gripper: bool = True
+    deadman_s: float = 0.3
+    connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         try:
             ipaddress.ip_address(self.ip)
         except ValueError as exc:
             raise ValueError(f"ip {self.ip!r} is not an IP address (e.g. 192.168.1.185)") from exc
+        self.driver_config()  # the driver's own checks, with its messages
+
+    def driver_config(self) -> Any:
+        """The `aimg.robot.xarm.XArmConfig` of this section."""
+        from aimg.robot.xarm.arm import XArmConfig
+
+        return XArmConfig(
+            ip=self.ip,
+            connect_timeout_s=self.connect_timeout_s,
+            boundary_low=self.boundary_low,
+            boundary_high=self.boundary_high,
+            max_tcp_speed=self.max_tcp_speed_m_s,
+            collision_sensitivity=self.collision_sensitivity,
+            tcp_offset=self.tcp_offset,
+            tcp_load_kg=self.tcp_load_kg,
+            tcp_load_cog=self.tcp_load_cog_m,
+            gripper=self.gripper,
+            deadman_s=self.deadman_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,13 +116,18 @@ class Devices:
     sim: SimDevices = field(default_factory=SimDevices)
     xarm: XArmDevice | None = None
     cameras: tuple[CameraDevice, ...] = ()
+    #: an `aimg realsense record` directory: its cameras (looped) instead of live ones
+    camera_recording: Path | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "xarm":
             if self.xarm is None:
                 raise ValueError("kind is xarm but there is no xarm section: add `xarm: {ip: ...}`")
-            if not self.cameras:
-                raise ValueError("kind is xarm but no cameras are listed: add `cameras:`")
+            if not self.cameras and self.camera_recording is None:
+                raise ValueError(
+                    "kind is xarm but no cameras are listed: add `cameras:` (or "
+                    "`camera_recording:` to replay an `aimg realsense record` directory)"
+                )
             names = [c.name for c in self.cameras]
             if len(set(names)) != len(names):
                 raise ValueError(f"camera names repeat: {names}")
@@ -250,6 +293,12 @@ def validate_cell(config: CellConfig, where: str) -> CellConfig:
         )
     if calibration is not None and not calibration.is_file():
         raise ConfigError(f"{where}: calibration: {calibration} does not exist")
+    recording = config.devices.camera_recording
+    if recording is not None and not (recording.expanduser() / "manifest.json").is_file():
+        raise ConfigError(
+            f"{where}: devices.camera_recording: {recording} holds no manifest.json; point it at "
+            "a directory `aimg realsense record --out DIR` wrote"
+        )
     token_file = config.api.token_file.expanduser()
     if not config.api.loopback and not _readable_token(token_file):
         raise ConfigError(

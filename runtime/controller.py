@@ -246,18 +246,48 @@ class Controller:
 
     def _open_devices(self) -> None:
         from aimg.runtime.scheduler import PoseHistory
-        from aimg.runtime.servo import connect_remote_arm
 
         devices = self.config.devices
-        if devices.kind != "sim":
-            raise ConfigError(
-                f"{self.config.source}: devices.kind: {devices.kind!r} needs the xArm and "
-                "RealSense drivers (aimg.robot.xarm, aimg.robot.realsense), which this version "
-                "of aimg does not have yet; use devices.kind: sim"
-            )
-        from aimg.robot.sim.mirror import make_sim_cell
+        if devices.kind == "xarm":
+            self._open_real_devices()
+        else:
+            self._open_sim_devices()
+        self._start_camera()
+        self._start_servo()
+        self.poses = PoseHistory(self.servo).start()
 
-        sim = devices.sim
+    def _open_real_devices(self) -> None:
+        """An xArm through its SDK (owned by the servo process) and RealSense cameras (owned by
+        the camera process), live or replayed from a recording, placed by the calibration."""
+        from aimg.calib.calibration_file import CalibrationFileError, read_calibration
+        from aimg.robot.realsense.rig import RealSenseCamera, RealSenseRig
+        from aimg.runtime.servo import connect_xarm
+
+        devices = self.config.devices
+        where = f"{self.config.source}: calibration"
+        try:
+            calibration = read_calibration(self.config.calibration)
+            if devices.cameras:
+                calibration.require(
+                    [c.name for c in devices.cameras], {c.name: c.serial for c in devices.cameras}
+                )
+        except (CalibrationFileError, OSError) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        poses = calibration.cameras()
+        if devices.camera_recording is not None:
+            self._rig_factory = functools.partial(
+                RealSenseRig.from_recording, devices.camera_recording, poses, loop=True
+            )
+        else:
+            cameras = [RealSenseCamera.from_config(c) for c in devices.cameras]
+            self._rig_factory = functools.partial(RealSenseRig, cameras, poses, stale_timeout_s=0.5)
+        self._arm_factory = functools.partial(connect_xarm, devices.xarm.driver_config())
+
+    def _open_sim_devices(self) -> None:
+        from aimg.robot.sim.mirror import make_sim_cell
+        from aimg.runtime.servo import connect_remote_arm
+
+        sim = self.config.devices.sim
         size = {"views": sim.views, "height": sim.image_size, "width": sim.image_size}
         if sim.arm == "xarm-sdk":
             from aimg.robot.xarm.emulator import make_xarm_sim_cell, xarm_config_for_cell
@@ -271,9 +301,6 @@ class Controller:
         self.supervisor = self.cell.supervisor()
         self.supervisor.start_episode(sim.task, self._next_scene_seed)  # something on the table
         self._rig_factory = self.cell.rig_factory()
-        self._start_camera()
-        self._start_servo()
-        self.poses = PoseHistory(self.servo).start()
 
     def _start_camera(self) -> None:
         from aimg.runtime.camera_process import CameraProcess

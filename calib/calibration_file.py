@@ -1,0 +1,264 @@
+"""The calibration file: one YAML record per camera, read and written only here.
+
+Everything that needs camera calibration (runtime, daemon, data collection, the sim) gets its
+`Camera` objects from `read_calibration(path).cameras()`. Per camera: serial, K (pixels of a
+`width` x `height` image), OpenCV distortion, c2w (camera-to-base, OpenCV axes, metres), date,
+method, residuals, and the reference frames for drift checks (each an image next to the file,
+the tool pose it was taken at and its board detection). Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from aimg.calib.board import BoardSpec, Detection
+from aimg.geometry import Camera
+
+FORMAT = "aimg-calibration"
+VERSION = 1
+_DIST_LENGTHS = (4, 5, 8, 12, 14)
+
+
+class CalibrationFileError(ValueError):
+    """A calibration file that cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class ReferenceFrame:
+    """The drift-check reference of one camera: `image` (path relative to the calibration
+    file), the TCP pose [4, 4] the arm held, and the board detection in that image."""
+
+    image: str
+    tool_pose: np.ndarray
+    detection: Detection
+
+
+@dataclass(frozen=True)
+class CameraCalibration:
+    """One camera's record. K [3, 3], distortion [n] (OpenCV order), c2w [4, 4]."""
+
+    name: str
+    serial: str
+    K: np.ndarray
+    distortion: np.ndarray
+    c2w: np.ndarray
+    width: int
+    height: int
+    date: str
+    method: str
+    residuals: dict = field(default_factory=dict)
+    references: tuple[ReferenceFrame, ...] = ()
+
+    def camera(self) -> Camera:
+        return Camera(self.K, self.c2w, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class CalibrationFile:
+    """A whole calibration: per-camera records, the board and its mount on the tool
+    (tool_T_board [4, 4], needed by the drift check), where it came from, and its path."""
+
+    records: dict[str, CameraCalibration]
+    board: BoardSpec | None = None
+    tool_T_board: np.ndarray | None = None
+    source: str = ""
+    path: Path | None = None
+
+    def cameras(self) -> dict[str, Camera]:
+        """Camera name -> `Camera` (K, c2w, image size)."""
+        return {name: record.camera() for name, record in self.records.items()}
+
+    def require(self, names: Iterable[str], serials: Mapping[str, str] | None = None) -> None:
+        """Raise unless this file calibrates exactly the cameras `names` (and their serials)."""
+        wanted, have = sorted(names), sorted(self.records)
+        where = self.path or "the calibration"
+        if wanted != have:
+            raise CalibrationFileError(
+                f"{where} is for cameras {have}, but this cell has {wanted}: use the file made "
+                "for this cell, or calibrate it with `aimg calib handeye`"
+            )
+        for name, serial in (serials or {}).items():
+            if self.records[name].serial != serial:
+                raise CalibrationFileError(
+                    f"{where}: camera '{name}' was calibrated with serial "
+                    f"{self.records[name].serial!r} but serial {serial!r} is connected: "
+                    "recalibrate with `aimg calib handeye`"
+                )
+
+    def reference_image_paths(self, name: str) -> list[Path]:
+        """Where camera `name`'s reference images are (beside the calibration file)."""
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return [base / ref.image for ref in self.records[name].references]
+
+
+def _matrix(value: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not a numeric matrix") from exc
+    if array.shape != shape:
+        raise ValueError(f"{what} has shape {list(array.shape)}, expected {list(shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or infinity")
+    return array
+
+
+def _pose(value: object, what: str) -> np.ndarray:
+    pose = _matrix(value, (4, 4), what)
+    if not np.allclose(pose[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
+        raise ValueError(f"{what} last row is {pose[3].tolist()}, expected [0, 0, 0, 1]")
+    rotation = pose[:3, :3]
+    if not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-5) or np.linalg.det(rotation) < 0:
+        raise ValueError(f"{what} rotation block is not a proper rotation matrix")
+    return pose
+
+
+def _record_from_yaml(name: str, data: object) -> CameraCalibration:
+    if not isinstance(data, dict):
+        raise ValueError("is not a mapping")
+    required = ("serial", "K", "distortion", "c2w", "width", "height", "date", "method")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ValueError(f"lacks {missing}")
+    K = _matrix(data["K"], (3, 3), "K")
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0.0, 0.0, 1.0]):
+        raise ValueError("K must be OpenCV intrinsics: fx, fy > 0 and last row [0, 0, 1]")
+    distortion = np.asarray(data["distortion"], dtype=np.float64).reshape(-1)
+    if len(distortion) not in _DIST_LENGTHS or not np.isfinite(distortion).all():
+        raise ValueError(f"distortion must be {_DIST_LENGTHS} finite OpenCV coefficients")
+    width, height = data["width"], data["height"]
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        raise ValueError(f"image size must be positive integers, got {width}x{height}")
+    references = []
+    for k, ref in enumerate(data.get("references") or []):
+        if not isinstance(ref, dict) or not {"image", "tool_pose", "detection"} <= set(ref):
+            raise ValueError(f"references[{k}] needs image, tool_pose and detection")
+        references.append(
+            ReferenceFrame(
+                str(ref["image"]),
+                _pose(ref["tool_pose"], f"references[{k}] tool_pose"),
+                Detection.from_dict(ref["detection"]),
+            )
+        )
+    return CameraCalibration(
+        name=name,
+        serial=str(data["serial"]),
+        K=K,
+        distortion=distortion,
+        c2w=_pose(data["c2w"], "c2w"),
+        width=width,
+        height=height,
+        date=str(data["date"]),
+        method=str(data["method"]),
+        residuals=dict(data.get("residuals") or {}),
+        references=tuple(references),
+    )
+
+
+def read_calibration(path: str | Path) -> CalibrationFile:
+    """Read and validate a calibration file; errors name the file, the camera and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationFileError(
+            f"calibration file {path} does not exist: run `aimg calib handeye --out {path}`"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CalibrationFileError(f"{path} is not valid YAML ({exc}); recalibrate") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CalibrationFileError(
+            f"{path} is not an aimg calibration file (no `format: {FORMAT}`)"
+        )
+    if data.get("version") != VERSION:
+        raise CalibrationFileError(
+            f"{path} has calibration format version {data.get('version')}; this aimg reads "
+            f"version {VERSION}: recalibrate with `aimg calib handeye`"
+        )
+    cameras = data.get("cameras")
+    if not isinstance(cameras, dict) or not cameras:
+        raise CalibrationFileError(f"{path} lists no cameras under `cameras:`")
+    records = {}
+    for name, entry in cameras.items():
+        try:
+            records[str(name)] = _record_from_yaml(str(name), entry)
+        except ValueError as exc:
+            raise CalibrationFileError(
+                f"{path}: camera '{name}' {exc}; fix the entry or recalibrate with "
+                "`aimg calib handeye`"
+            ) from exc
+    try:
+        board = BoardSpec.from_dict(data["board"]) if data.get("board") else None
+        mount = _pose(data["tool_T_board"], "tool_T_board") if data.get("tool_T_board") else None
+    except (TypeError, ValueError) as exc:
+        raise CalibrationFileError(f"{path}: board or tool_T_board invalid: {exc}") from exc
+    return CalibrationFile(records, board, mount, str(data.get("source", "")), path)
+
+
+def _rounded(array: np.ndarray, digits: int = 9) -> list:
+    return np.round(np.asarray(array, dtype=np.float64), digits).tolist()
+
+
+def to_yaml_dict(calibration: CalibrationFile) -> dict:
+    """The YAML document of a calibration (plain lists and numbers)."""
+    cameras = {}
+    for name, r in calibration.records.items():
+        entry = {
+            "serial": r.serial,
+            "width": r.width,
+            "height": r.height,
+            "K": _rounded(r.K),
+            "distortion": _rounded(r.distortion),
+            "c2w": _rounded(r.c2w),
+            "date": r.date,
+            "method": r.method,
+            "residuals": r.residuals,
+        }
+        if r.references:
+            entry["references"] = [
+                {
+                    "image": ref.image,
+                    "tool_pose": _rounded(ref.tool_pose),
+                    "detection": ref.detection.to_dict(),
+                }
+                for ref in r.references
+            ]
+        cameras[name] = entry
+    doc: dict = {"format": FORMAT, "version": VERSION, "source": calibration.source}
+    if calibration.board is not None:
+        doc["board"] = calibration.board.to_dict()
+    if calibration.tool_T_board is not None:
+        doc["tool_T_board"] = _rounded(calibration.tool_T_board)
+    doc["cameras"] = cameras
+    return doc
+
+
+def write_calibration(path: str | Path, calibration: CalibrationFile) -> Path:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_yaml_dict(calibration), sort_keys=False, default_flow_style=None)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def now_iso() -> str:
+    """UTC timestamp for the `date` field."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,128 @@
+"""The daemon on `devices.kind: xarm`, the configuration of a real cell, with the devices it
+can have here: the unmodified xArm SDK talking to the loopback controller emulator, and
+RealSense cameras replayed by librealsense from an `aimg realsense record` directory. Every
+mapped controller error must reach the daemon's status as a safe stop, with code and meaning."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from daemon_fixtures import REPO_ROOT, START_TIMEOUT_S, TOKEN, Daemon
+
+from aimg.calib.calibration_file import CalibrationFile, CameraCalibration, write_calibration
+from aimg.robot.remote import RemoteDevice, spawn_server
+from aimg.robot.sim.cameras import default_camera_specs
+from aimg.robot.xarm.codes import MAPPED_ERROR_CODES, error_meaning
+from aimg.runtime.daemon_bench import spawn_daemon, wait_healthy
+
+rs = pytest.importorskip("pyrealsense2")
+pytest.importorskip("xarm.wrapper")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "robot" / "realsense"))
+from rs_software import Feeder, SoftCamera, SoftwareSource  # noqa: E402
+
+from aimg.robot.realsense.recording import record  # noqa: E402
+from aimg.robot.realsense.rig import RealSenseCamera  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("cell"),
+    pytest.mark.usefixtures("port_502"),
+]
+
+SIZE = 64
+ERROR_TIMEOUT_S = 30.0
+
+
+def _recorded_cameras(out: Path) -> dict[str, str]:
+    """Two software cameras ("front", "side"), 2 s recorded; returns name -> serial."""
+    cams = {
+        "front": SoftCamera("311111111111", 1, SIZE, SIZE, fx=70.0),
+        "side": SoftCamera("322222222222", 2, SIZE, SIZE, fx=70.0),
+    }
+    specs = [RealSenseCamera(name, cam.serial, SIZE, SIZE) for name, cam in cams.items()]
+    with Feeder(cams["front"]), Feeder(cams["side"]):
+        record(specs, out, 2.0, SoftwareSource(*cams.values()), stale_timeout_s=3.0)
+    return {name: cam.serial for name, cam in cams.items()}
+
+
+def _calibration(path: Path, serials: dict[str, str]) -> None:
+    """Where the recorded cameras stand: the sim rig's first two placements."""
+    records = {}
+    for (name, serial), spec in zip(serials.items(), default_camera_specs(2), strict=True):
+        camera = spec.camera(SIZE, SIZE)
+        records[name] = CameraCalibration(
+            name, serial, camera.K, np.zeros(5), camera.c2w, SIZE, SIZE, "2026-12-02", "test"
+        )
+    write_calibration(path, CalibrationFile(records, source="test"))
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory):
+    from aimg.robot.xarm.emulator import make_emulator_devices
+
+    tmp = tmp_path_factory.mktemp("real-cell")
+    serials = _recorded_cameras(tmp / "recording")
+    _calibration(tmp / "calibration.yaml", serials)
+    channel = spawn_server(functools.partial(make_emulator_devices, host=None))
+    emulator = RemoteDevice(channel, "emulator")
+    config = tmp / "cell.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "emulated-xarm-cell",
+                "devices": {
+                    "kind": "xarm",
+                    "xarm": {"ip": emulator.call("host")},
+                    "camera_recording": str(tmp / "recording"),
+                },
+                "calibration": str(tmp / "calibration.yaml"),
+                "model": {"path": str(REPO_ROOT / "assets" / "sim-tiny")},
+                "rates": {"camera_fps": 5},
+                "recording": {"enabled": False},
+            }
+        )
+    )
+    process, url, log_path = spawn_daemon(config, tmp, TOKEN, cwd=REPO_ROOT)
+    daemon = Daemon(process, url, TOKEN, tmp / "episodes", log_path, tmp / "token")
+    try:
+        wait_healthy(process, url, log_path, START_TIMEOUT_S)
+        yield daemon, emulator
+    finally:
+        daemon.stop()
+        channel.close()
+
+
+def test_the_daemon_runs_a_real_cell_config_on_the_emulator_and_recorded_cameras(cell):
+    daemon, _ = cell
+    status = daemon.status()
+    assert status["state"] == "idle", status
+    assert all(p["alive"] for p in status["processes"].values()), status["processes"]
+    assert status["arm"]["error_code"] == 0
+    assert status["rates_hz"]["camera"] > 0
+
+
+@pytest.mark.parametrize("code", MAPPED_ERROR_CODES)
+def test_every_mapped_controller_error_is_a_safe_stop_with_its_meaning(cell, code):
+    daemon, emulator = cell
+    daemon.make_idle()
+    since = daemon.status()["uptime_s"]
+    emulator.call("inject_error", code)
+    title = error_meaning(code).split(":")[0]  # "C31 collision caused abnormal current"
+
+    def reported(status: dict) -> bool:
+        return status["arm"]["error_code"] == code and any(
+            e["kind"] == "arm_error" and title in e["message"] for e in status["events"]
+        )
+
+    status = daemon.wait_for(reported, ERROR_TIMEOUT_S, f"C{code} in the status")
+    assert status["servo"]["mode"] == "error", status["servo"]  # the loop holds, latched
+    assert status["uptime_s"] >= since
+    emulator.call("release_error")
+    reset = daemon.post("/reset")
+    assert reset.status_code == 200, reset.text
+    daemon.wait_for(lambda s: s["arm"]["error_code"] == 0, ERROR_TIMEOUT_S, "the error cleared")
