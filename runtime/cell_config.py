@@ -118,6 +118,11 @@ class Devices:
     cameras: tuple[CameraDevice, ...] = ()
     #: an `aimg realsense record` directory: its cameras (looped) instead of live ones
     camera_recording: Path | None = None
+    #: lock every colour sensor's exposure (sensor units) / white balance (kelvin); null: auto
+    camera_exposure: float | None = None
+    camera_white_balance: float | None = None
+    #: K from the device (factory) or from the calibration file (`aimg calib intrinsics`)
+    camera_intrinsics: Literal["device", "calibration"] = "device"
 
     def __post_init__(self) -> None:
         if self.kind == "xarm":

@@ -134,8 +134,9 @@ def run(
 
     if not sim:
         typer.echo(
-            "error: only the simulated cell is supported yet: add --sim (the xArm and RealSense "
-            "drivers come with the hardware issue)",
+            "error: aimg run runs the simulated cell: add --sim (with --arm xarm-sdk for the "
+            "xArm SDK path); a real cell runs under `aimg daemon --config CELL.yaml` "
+            "(docs/hardware.md)",
             err=True,
         )
         raise typer.Exit(2)

@@ -274,13 +274,21 @@ class Controller:
         except (CalibrationFileError, OSError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
         poses = calibration.cameras()
+        options = {"intrinsics": devices.camera_intrinsics, "stale_timeout_s": 0.5}
         if devices.camera_recording is not None:
             self._rig_factory = functools.partial(
-                RealSenseRig.from_recording, devices.camera_recording, poses, loop=True
+                RealSenseRig.from_recording, devices.camera_recording, poses, loop=True, **options
             )
         else:
             cameras = [RealSenseCamera.from_config(c) for c in devices.cameras]
-            self._rig_factory = functools.partial(RealSenseRig, cameras, poses, stale_timeout_s=0.5)
+            self._rig_factory = functools.partial(
+                RealSenseRig,
+                cameras,
+                poses,
+                exposure=devices.camera_exposure,
+                white_balance=devices.camera_white_balance,
+                **options,
+            )
         self._arm_factory = functools.partial(connect_xarm, devices.xarm.driver_config())
 
     def _open_sim_devices(self) -> None:
