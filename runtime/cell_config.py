@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aimg.config import ConfigError, from_dict, load_yaml, to_dict
+from aimg.robot.realsense.rig import RealSenseCamera  # plain records: no SDK is imported
+from aimg.robot.xarm.arm import XArmConfig
 
 DEFAULT_PORT = 8787
 DEFAULT_TOKEN_FILE = Path("~/.config/aimg/token")
@@ -43,71 +45,18 @@ class SimDevices:
 
 
 @dataclass(frozen=True)
-class CameraDevice:
-    """One RealSense camera: the view name the model knows it by and its serial number."""
+class XArmDevice(XArmConfig):
+    """A UFACTORY xArm at `ip`: the driver's own `XArmConfig` (the firmware safety aimg sets at
+    connect and reads back, in metres, m/s and radians; see docs/hardware.md) plus the model."""
 
-    name: str
-    serial: str
-    width: int = 640
-    height: int = 480
-    fps: int = 30  # the camera's stream rate; the daemon reads at rates.camera_fps
-
-    def __post_init__(self) -> None:
-        if not self.name.isidentifier():
-            raise ValueError(f"camera name {self.name!r} must be a plain identifier (front, wrist)")
-        if not self.serial.strip():
-            raise ValueError(f"camera {self.name!r}: serial is empty (see `rs-enumerate-devices`)")
-
-
-@dataclass(frozen=True)
-class XArmDevice:
-    """A UFACTORY xArm reached over TCP at `ip`, and the firmware safety aimg configures on it
-    at connect (read back; metres, radians, seconds; see `aimg.robot.xarm.XArmConfig`).
-
-    boundary_low / boundary_high: the reduced-mode TCP box in the base frame (null: no box);
-    max_tcp_speed_m_s: the firmware's reduced-mode TCP speed, a backstop above
-    `safety.max_speed_m_s`; tcp_offset: TCP in the flange frame [x, y, z, roll, pitch, yaw];
-    tcp_load_kg / tcp_load_cog_m: payload; deadman_s: the driver holds the arm when the servo
-    loop sends nothing for this long.
-    """
-
-    ip: str
     model: Literal["xarm5", "xarm6", "xarm7", "lite6", "850"] = "xarm6"
-    boundary_low: tuple[float, float, float] | None = (0.12, -0.5, -0.01)
-    boundary_high: tuple[float, float, float] | None = (0.80, 0.5, 0.65)
-    max_tcp_speed_m_s: float = 0.25
-    collision_sensitivity: int = 3
-    tcp_offset: tuple[float, float, float, float, float, float] = (0.0, 0.0, 0.172, 0, 0, 0)
-    tcp_load_kg: float = 0.82
-    tcp_load_cog_m: tuple[float, float, float] = (0.0, 0.0, 0.048)
-    gripper: bool = True
-    deadman_s: float = 0.3
-    connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         try:
             ipaddress.ip_address(self.ip)
         except ValueError as exc:
             raise ValueError(f"ip {self.ip!r} is not an IP address (e.g. 192.168.1.185)") from exc
-        self.driver_config()  # the driver's own checks, with its messages
-
-    def driver_config(self) -> Any:
-        """The `aimg.robot.xarm.XArmConfig` of this section."""
-        from aimg.robot.xarm.arm import XArmConfig
-
-        return XArmConfig(
-            ip=self.ip,
-            connect_timeout_s=self.connect_timeout_s,
-            boundary_low=self.boundary_low,
-            boundary_high=self.boundary_high,
-            max_tcp_speed=self.max_tcp_speed_m_s,
-            collision_sensitivity=self.collision_sensitivity,
-            tcp_offset=self.tcp_offset,
-            tcp_load_kg=self.tcp_load_kg,
-            tcp_load_cog=self.tcp_load_cog_m,
-            gripper=self.gripper,
-            deadman_s=self.deadman_s,
-        )
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -115,7 +64,7 @@ class Devices:
     kind: Literal["sim", "xarm"] = "sim"
     sim: SimDevices = field(default_factory=SimDevices)
     xarm: XArmDevice | None = None
-    cameras: tuple[CameraDevice, ...] = ()
+    cameras: tuple[RealSenseCamera, ...] = ()  # name (the model's view), serial, size, fps
     #: an `aimg realsense record` directory: its cameras (looped) instead of live ones
     camera_recording: Path | None = None
     #: lock every colour sensor's exposure (sensor units) / white balance (kelvin); null: auto

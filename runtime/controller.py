@@ -260,7 +260,7 @@ class Controller:
         """An xArm through its SDK (owned by the servo process) and RealSense cameras (owned by
         the camera process), live or replayed from a recording, placed by the calibration."""
         from aimg.calib.calibration_file import CalibrationFileError, read_calibration
-        from aimg.robot.realsense.rig import RealSenseCamera, RealSenseRig
+        from aimg.robot.realsense.rig import RealSenseRig
         from aimg.runtime.servo import connect_xarm
 
         devices = self.config.devices
@@ -280,16 +280,15 @@ class Controller:
                 RealSenseRig.from_recording, devices.camera_recording, poses, loop=True, **options
             )
         else:
-            cameras = [RealSenseCamera.from_config(c) for c in devices.cameras]
             self._rig_factory = functools.partial(
                 RealSenseRig,
-                cameras,
+                devices.cameras,
                 poses,
                 exposure=devices.camera_exposure,
                 white_balance=devices.camera_white_balance,
                 **options,
             )
-        self._arm_factory = functools.partial(connect_xarm, devices.xarm.driver_config())
+        self._arm_factory = functools.partial(connect_xarm, devices.xarm)
 
     def _open_sim_devices(self) -> None:
         from aimg.robot.sim.mirror import make_sim_cell

@@ -41,6 +41,9 @@ def test_the_xarm_example_is_valid_but_for_files_only_a_real_cell_has(tmp_path):
     assert config.devices.kind == "xarm"
     assert config.devices.xarm.ip == "192.168.1.185"
     assert [c.name for c in config.devices.cameras] == ["front", "side"]
+    assert config.devices.cameras[0].fps == 30
+    assert config.devices.xarm.max_tcp_speed == pytest.approx(0.20)  # the firmware backstop
+    assert config.devices.xarm.boundary_low == (0.12, -0.5, -0.01)
     assert not config.api.loopback
 
 
@@ -56,6 +59,12 @@ def test_the_xarm_example_is_valid_but_for_files_only_a_real_cell_has(tmp_path):
         ({"devices.sim.views": 9}, "views must be 1..4"),
         ({"tasks.max_duration_s": 0}, "max_duration_s must be in"),
         ({"devices.xarm": {"ip": "not-an-ip"}}, "is not an IP address"),
+        ({"devices.xarm": {"ip": "10.0.0.2", "collision_sensitivity": 7}}, "is 0..5"),
+        (
+            {"devices.xarm": {"ip": "10.0.0.2", "boundary_low": [1, 1, 1]}},
+            "must be below boundary_high",
+        ),
+        ({"devices.camera_recording": "/no/such/recording"}, "holds no manifest.json"),
     ],
 )
 def test_a_mistake_names_the_key_and_the_file(overrides, message):
