@@ -1,0 +1,63 @@
+"""`aimg calib`: registered with `aimg`, helpful without a simulator, and the sim check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from aimg.calib.cli import app
+
+runner = CliRunner()
+
+
+def test_aimg_lists_the_calib_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "aimg", "calib", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for command in ("handeye", "check", "study"):
+        assert command in out
+
+
+def test_handeye_for_a_real_cell_says_what_it_needs(tmp_path):
+    result = runner.invoke(app, ["handeye", "--config", str(tmp_path / "cell.yaml")])
+    assert result.exit_code != 0
+    assert "xArm and RealSense drivers" in result.output
+
+
+def test_check_refuses_a_file_that_is_not_a_calibration(tmp_path):
+    bogus = tmp_path / "bogus.yaml"
+    bogus.write_text("hello: world\n")
+    result = runner.invoke(app, ["check", "--calibration", str(bogus), "--sim"])
+    assert result.exit_code != 0
+    assert "not an aimg calibration file" in result.output
+
+
+@pytest.mark.slow
+def test_check_passes_then_names_a_knocked_camera(calibrated):
+    ok = runner.invoke(app, ["check", "--calibration", str(calibrated.path), "--sim"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout.splitlines()[-1])["ok"] is True
+    name = sorted(calibrated.truth)[0]
+    args = ["check", "--calibration", str(calibrated.path), "--sim", "--move-camera", name]
+    knocked = runner.invoke(app, [*args, "--move-mm", "10"])
+    assert knocked.exit_code == 1
+    assert f"camera '{name}' moved" in knocked.output
+
+
+@pytest.mark.slow
+def test_handeye_sim_writes_the_file_and_prints_residuals(tmp_path):
+    out = tmp_path / "one.yaml"
+    args = ["handeye", "--sim", "--seed", "5", "--cameras", "1", "--poses-per-camera", "8"]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["out"] == str(out) and out.is_file()
+    assert (tmp_path / "one.cam0.overlay.png").is_file()
+    assert report["cameras"]["cam0"]["validation"]["rms_px"] < 1.0
