@@ -36,5 +36,5 @@ def test_a_task_runs_through_the_sdk_and_is_recorded(tmp_path):
         episode = read_episode(ended["last_task"]["episode"], verify=True)
         positions = episode.stream("arm_action")[:, :3]
         moved_mm = 1000.0 * np.linalg.norm(positions - positions[0], axis=1).max()
-        assert moved_mm > 5.0, f"the arm moved only {moved_mm:.1f} mm through the SDK"
+        assert moved_mm > 5.0, f"the arm moved only {moved_mm:.1f} mm: {ended['events']}"
         assert not any(e["kind"] == "arm_error" for e in ended["events"]), ended["events"]
