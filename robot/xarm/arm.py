@@ -290,6 +290,10 @@ class XArm(Arm):
             2.0,
             f"report showing mode {mode} and a ready state",
         )
+        # The pose the caller reads next must be measured after the recovery: an arm moved
+        # while it was stopped (by hand, or the simulator laying out an episode) would else be
+        # commanded from where it was, a jump the firmware refuses with C24.
+        self._fresh_report()
 
     def _configure_safety(self) -> None:
         """Write the firmware safety settings, then read them back from a fresh report."""
