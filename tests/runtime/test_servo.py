@@ -229,7 +229,7 @@ def test_arm_error_mid_motion_holds_until_reset():
         assert faulted.error_code == ArmErrorCode.BOUNDARY
         events = servo.events()
         error = next(e for e in events if e.kind == "arm_error")
-        assert "BOUNDARY" in error.message and error.severity == "hold"
+        assert "C35 safety boundary" in error.message and error.severity == "hold"
         sent = len(servo.commands())
         time.sleep(0.3)
         assert servo.state().mode == "error" and len(servo.commands()) == sent
