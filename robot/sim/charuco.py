@@ -12,15 +12,14 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from aimg.geometry import Camera, matrix_to_quat
-from aimg.robot.interfaces import CameraRig, RigFrames
 from aimg.robot.sim.cameras import CameraSpec
+from aimg.robot.sim.devices import SimCameraRig
 from aimg.robot.sim.world import SimWorld
 
 
@@ -97,7 +96,7 @@ def _quad_obj(extent_m: tuple[float, float, float, float]) -> str:
     )
 
 
-class PlateCameraRig(CameraRig):
+class PlateCameraRig(SimCameraRig):
     """Static 640x480 (by default) simulated cameras that sync a carried plate before rendering.
 
     `move_camera` displaces a camera after calibration (drift tests); `cameras` always returns
@@ -113,28 +112,12 @@ class PlateCameraRig(CameraRig):
         width: int = 640,
         supersample: int = 2,
     ) -> None:
-        names = [spec.name for spec in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"camera names must be unique, got {names}")
-        self._world = world
+        super().__init__(world, specs, height, width)
         self._plate = plate
-        self._cameras = {spec.name: spec.camera(height, width) for spec in specs}
         self._supersample = int(supersample)
-        self._connected = False
 
-    def connect(self) -> None:
-        self._connected = True
-
-    def disconnect(self) -> None:
-        self._connected = False
-
-    @property
-    def view_names(self) -> tuple[str, ...]:
-        return tuple(self._cameras)
-
-    @property
-    def cameras(self) -> dict[str, Camera]:
-        return dict(self._cameras)
+    def _before_render(self) -> None:
+        self._plate.sync()
 
     def _render(self, camera: Camera) -> np.ndarray:
         """RGB [H, W, 3] uint8, box-filtered from `supersample`^2 samples per pixel as a real
@@ -151,21 +134,6 @@ class PlateCameraRig(CameraRig):
         """Put camera `name` at a new camera-to-base pose [4, 4] (a knocked tripod)."""
         old = self._cameras[name]
         self._cameras[name] = Camera(old.K, c2w, old.width, old.height)
-
-    def read(self) -> RigFrames:
-        """All views at one simulated instant, with the plate where the gripper holds it."""
-        if not self._connected:
-            raise ValueError("PlateCameraRig is not connected: call connect() (or `with rig:`)")
-        with self._world.lock:
-            self._plate.sync()
-            stamp = self._world.time_ns
-            images = {name: self._render(cam) for name, cam in self._cameras.items()}
-        host = time.monotonic_ns()
-        return RigFrames(
-            images=images,
-            device_timestamps_ns={name: stamp for name in images},
-            host_timestamps_ns={name: host for name in images},
-        )
 
 
 def supersampled(camera: Camera, factor: int) -> Camera:

@@ -129,13 +129,22 @@ class SimCameraRig(CameraRig):
     def cameras(self) -> dict[str, Camera]:
         return dict(self._cameras)
 
+    def _before_render(self) -> None:
+        """Called under the world's lock before a frame set is rendered (subclasses sync)."""
+
+    def _render(self, camera: Camera) -> np.ndarray:
+        """One view, RGB [H, W, 3] uint8."""
+        return self._world.render(camera)[0]
+
     def read(self) -> RigFrames:
         """All views at one simulated instant (the world's lock is held across the renders)."""
         if not self._connected:
-            raise ValueError("SimCameraRig is not connected: call connect() (or use `with rig:`)")
+            name = type(self).__name__
+            raise ValueError(f"{name} is not connected: call connect() (or use `with rig:`)")
         with self._world.lock:
+            self._before_render()
             stamp = self._world.time_ns
-            images = {name: self._world.render(cam)[0] for name, cam in self._cameras.items()}
+            images = {name: self._render(cam) for name, cam in self._cameras.items()}
         host = time.monotonic_ns()
         return RigFrames(
             images=images,
