@@ -120,9 +120,17 @@ def test_start_runs_a_task_and_stop_ends_it_as_stopped(idle):
 @needs_daemon
 def test_start_wait_prints_the_outcome_and_exits_3_unless_it_succeeded(idle):
     result = run(idle, "start", "reach the red cube", "--max-duration", "2", "--wait", timeout=180)
-    task = idle.status()["last_task"]
+    printed = result.stdout.splitlines()[-1]
+    task_id = printed.split()[0]
+    # `--wait` returns when the task ends; the status names it as last_task a moment later.
+    status = idle.wait_for(
+        lambda s: s["last_task"] is not None and s["last_task"]["id"] == task_id,
+        TASK_END_TIMEOUT_S,
+        f"{task_id} recorded as the last task",
+    )
+    task = status["last_task"]
     assert result.returncode == (0 if task["success"] else 3), result.stderr
-    assert result.stdout.splitlines()[-1].startswith(f'{task["id"]} "reach the red cube" ')
+    assert printed.startswith(f'{task["id"]} "reach the red cube" ')
     assert task["outcome"] in result.stdout
 
 
