@@ -363,9 +363,12 @@ def wait_for_task(
     try:
         while True:
             status = daemon.get("/status")
-            for task in (status.get("task"), status.get("last_task")):
+            for key in ("task", "last_task"):
+                task = status.get(key)
                 if task and task.get("id") == task_id:
-                    if task.get("state") == "ended":
+                    # Final only as last_task: the daemon judges success and commits the
+                    # episode after the task's state reads "ended", then moves it there.
+                    if key == "last_task":
                         return task
                     progress(task)
                     break
