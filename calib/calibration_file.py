@@ -10,8 +10,6 @@ the tool pose it was taken at and its board detection). Writes are atomic (temp 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from aimg.atomic_files import write_bytes_atomic
 from aimg.calib.board import BoardSpec, Detection
 from aimg.geometry import Camera
 
@@ -246,17 +245,7 @@ def write_calibration(path: str | Path, calibration: CalibrationFile) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(to_yaml_dict(calibration), sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, text.encode())
 
 
 def now_iso() -> str:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from aimg.artifacts import (
     verify_files,
     write_manifest,
 )
+from aimg.atomic_files import write_bytes_atomic
 from aimg.optional import MissingDependencyError, require
 
 log = logging.getLogger(__name__)
@@ -226,21 +225,6 @@ def tensor_dtype_name(trt_dtype_name: str) -> str:
 
 
 # -- files -----------------------------------------------------------------------------------------
-def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> Path:
-    """Write a file under a temporary name and rename it into place (never half-written)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; engines are read by other users too
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_timing_cache(path: str | Path | None) -> bytes:
