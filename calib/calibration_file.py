@@ -3,8 +3,10 @@
 Everything that needs camera calibration (runtime, daemon, data collection, the sim) gets its
 `Camera` objects from `read_calibration(path).cameras()`. Per camera: serial, K (pixels of a
 `width` x `height` image), OpenCV distortion, c2w (camera-to-base, OpenCV axes, metres), date,
-method, residuals, and the reference frames for drift checks (each an image next to the file,
-the tool pose it was taken at and its board detection). Writes are atomic (temp file + rename).
+method, residuals, the reference frames for the board drift check (each an image next to the
+file, the tool pose it was taken at and its board detection) and the static-scene reference
+image of the daemon's drift check; per cell, the measured latencies (`aimg calib latency`).
+Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
@@ -55,9 +57,53 @@ class CameraCalibration:
     method: str
     residuals: dict = field(default_factory=dict)
     references: tuple[ReferenceFrame, ...] = ()
+    #: the static scene as this camera saw it after calibration (PNG beside the file), for the
+    #: drift check that needs no board (`aimg.calib.scene_drift`, run by the daemon)
+    scene_reference: str | None = None
 
     def camera(self) -> Camera:
         return Camera(self.K, self.c2w, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """What `aimg calib latency` measured: per camera, exposure -> host receipt (s); the arm,
+    command -> motion (s). The runtime conditions plans on `host time - camera_s` and leads
+    servo commands by `arm_s`."""
+
+    camera_s: dict[str, float]
+    arm_s: float
+    date: str
+    method: str = ""
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "camera_s": {name: round(float(v), 6) for name, v in self.camera_s.items()},
+            "arm_s": round(float(self.arm_s), 6),
+            "date": self.date,
+            "method": self.method,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Latency:
+        if not isinstance(data, dict) or "camera_s" not in data or "arm_s" not in data:
+            raise ValueError("latency needs camera_s (per camera) and arm_s")
+        camera_s = data["camera_s"]
+        if not isinstance(camera_s, dict):
+            raise ValueError("latency.camera_s must map camera names to seconds")
+        values = {str(k): float(v) for k, v in camera_s.items()}
+        arm_s = float(data["arm_s"])
+        if not all(0.0 <= v < 2.0 for v in [*values.values(), arm_s]):
+            raise ValueError(f"latencies must be in [0, 2) s, got {values} and arm_s {arm_s}")
+        return cls(
+            values,
+            arm_s,
+            str(data.get("date", "")),
+            str(data.get("method", "")),
+            dict(data.get("details") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +116,7 @@ class CalibrationFile:
     tool_T_board: np.ndarray | None = None
     source: str = ""
     path: Path | None = None
+    latency: Latency | None = None
 
     def cameras(self) -> dict[str, Camera]:
         """Camera name -> `Camera` (K, c2w, image size)."""
@@ -96,6 +143,11 @@ class CalibrationFile:
         """Where camera `name`'s reference images are (beside the calibration file)."""
         base = self.path.parent if self.path is not None else Path.cwd()
         return [base / ref.image for ref in self.records[name].references]
+
+    def resolve(self, relative: str) -> Path:
+        """A path recorded in the file (reference images), relative to the file's folder."""
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return base / relative
 
 
 def _matrix(value: object, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -159,6 +211,7 @@ def _record_from_yaml(name: str, data: object) -> CameraCalibration:
         method=str(data["method"]),
         residuals=dict(data.get("residuals") or {}),
         references=tuple(references),
+        scene_reference=str(data["scene_reference"]) if data.get("scene_reference") else None,
     )
 
 
@@ -199,7 +252,16 @@ def read_calibration(path: str | Path) -> CalibrationFile:
         mount = _pose(data["tool_T_board"], "tool_T_board") if data.get("tool_T_board") else None
     except (TypeError, ValueError) as exc:
         raise CalibrationFileError(f"{path}: board or tool_T_board invalid: {exc}") from exc
-    return CalibrationFile(records, board, mount, str(data.get("source", "")), path)
+    try:
+        latency = Latency.from_dict(data["latency"]) if data.get("latency") else None
+    except (TypeError, ValueError) as exc:
+        raise CalibrationFileError(f"{path}: {exc}; remeasure with `aimg calib latency`") from exc
+    if latency is not None and set(latency.camera_s) - set(records):
+        raise CalibrationFileError(
+            f"{path}: latency.camera_s names cameras {sorted(set(latency.camera_s) - set(records))}"
+            f" that the file does not calibrate; remeasure with `aimg calib latency`"
+        )
+    return CalibrationFile(records, board, mount, str(data.get("source", "")), path, latency)
 
 
 def _rounded(array: np.ndarray, digits: int = 9) -> list:
@@ -230,6 +292,8 @@ def to_yaml_dict(calibration: CalibrationFile) -> dict:
                 }
                 for ref in r.references
             ]
+        if r.scene_reference:
+            entry["scene_reference"] = r.scene_reference
         cameras[name] = entry
     doc: dict = {"format": FORMAT, "version": VERSION, "source": calibration.source}
     if calibration.board is not None:
@@ -237,6 +301,8 @@ def to_yaml_dict(calibration: CalibrationFile) -> dict:
     if calibration.tool_T_board is not None:
         doc["tool_T_board"] = _rounded(calibration.tool_T_board)
     doc["cameras"] = cameras
+    if calibration.latency is not None:
+        doc["latency"] = calibration.latency.to_dict()
     return doc
 
 
