@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from aimg.calib.cell_cli import reference, show
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
@@ -150,6 +152,10 @@ def check(
     if not report.ok:
         typer.echo(report.summary(), err=True)
         raise typer.Exit(1)
+
+
+app.command()(reference)
+app.command()(show)
 
 
 @app.command()

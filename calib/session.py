@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from aimg.calib.sim import SimCalibrationCell
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
+def save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -61,7 +61,7 @@ def save_result(
         for k, index in enumerate(sol.reference_indices):
             view = result.views[index]
             image_name = f"{out.stem}.{name}.reference{k}.png"
-            _save_png(out.parent / image_name, view.images[name])
+            save_png(out.parent / image_name, view.images[name])
             references.append(ReferenceFrame(image_name, view.tool_pose, view.detections[name]))
         view = result.views[sol.reference_indices[0]]
         board_pose = view.tool_pose @ result.tool_T_board
@@ -74,7 +74,7 @@ def save_result(
             board_corners_base=object_points @ board_pose[:3, :3].T + board_pose[:3, 3],
             detection=view.detections[name],
         )
-        _save_png(out.parent / f"{out.stem}.{name}.overlay.png", overlay)
+        save_png(out.parent / f"{out.stem}.{name}.overlay.png", overlay)
         records[name] = CameraCalibration(
             name=name,
             serial=(serials or {}).get(name, name),

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from aimg.runtime.controller import Controller, ControllerError
 from aimg.runtime.task_recording import json_safe
@@ -47,6 +48,29 @@ class TaskRequest(BaseModel):
             raise ValueError("instruction is blank")
         if any(not ch.isprintable() for ch in value):
             raise ValueError("instruction has control characters")
+        return value
+
+
+class KnockRequest(BaseModel):
+    """Sim only: bump a camera (base-frame translation, m; rotation about its own axes, deg)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    translation_m: list[float] = Field(default=[0.0, 0.0, 0.0], min_length=3, max_length=3)
+    rotation_deg: list[float] = Field(default=[0.0, 0.0, 0.0], min_length=3, max_length=3)
+
+    @field_validator("translation_m")
+    @classmethod
+    def _near(cls, value: list[float]) -> list[float]:
+        if any(abs(v) > 0.5 for v in value):
+            raise ValueError("translation_m entries must be within +-0.5 m")
+        return value
+
+    @field_validator("rotation_deg")
+    @classmethod
+    def _slight(cls, value: list[float]) -> list[float]:
+        if any(abs(v) > 30.0 for v in value):
+            raise ValueError("rotation_deg entries must be within +-30 deg")
         return value
 
 
@@ -161,7 +185,10 @@ def create_app(controller: Controller, token: str, max_body_bytes: int = 16384) 
             body = TaskRequest.model_validate(data)
         except ValidationError as exc:
             raise ControllerError(422, _describe(exc)) from exc
-        task = controller.start_task(body.instruction, body.max_duration_s, body.deadman_s)
+        # in a worker thread: the calibration check before a task takes up to a few 100 ms
+        task = await run_in_threadpool(
+            controller.start_task, body.instruction, body.max_duration_s, body.deadman_s
+        )
         return {"task": task}
 
     @app.post("/stop")
@@ -183,6 +210,18 @@ def create_app(controller: Controller, token: str, max_body_bytes: int = 16384) 
     async def post_keepalive(request: Request) -> dict:
         authorise(request)
         return controller.keepalive()
+
+    @app.post("/sim/cameras/{name}/knock")
+    async def post_knock(name: str, request: Request) -> dict:
+        authorise(request)
+        body = await read_json(request)
+        try:
+            knock = KnockRequest.model_validate(body if body is not None else {})
+        except ValidationError as exc:
+            raise ControllerError(422, _describe(exc)) from exc
+        return await run_in_threadpool(
+            controller.knock_camera, name, knock.translation_m, knock.rotation_deg
+        )
 
     @app.get("/status")
     async def get_status(servo_window_s: float | None = None) -> JSONResponse:

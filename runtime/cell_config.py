@@ -101,6 +101,20 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class DriftCheck:
+    """Before every task, each camera's frame is compared with its static-scene reference in
+    the calibration file (`aimg.calib.scene_drift`); a camera that moved refuses the task.
+    On whenever a calibration file is set; `max_view_deg`: how far a camera's view may shift."""
+
+    enabled: bool = True
+    max_view_deg: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not 0.01 <= self.max_view_deg <= 5.0:
+            raise ValueError(f"max_view_deg must be in [0.01, 5] deg, got {self.max_view_deg}")
+
+
+@dataclass(frozen=True)
 class Rates:
     servo_hz: float = 100.0
     camera_fps: float = 10.0
@@ -178,6 +192,7 @@ class CellConfig:
     name: str = "cell"
     devices: Devices = field(default_factory=Devices)
     calibration: Path | None = None
+    drift_check: DriftCheck = field(default_factory=DriftCheck)
     model: ModelSection = field(default_factory=ModelSection)
     rates: Rates = field(default_factory=Rates)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)

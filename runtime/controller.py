@@ -215,6 +215,9 @@ class Controller:
         self.poses: Any = None
         self.planner = PlannerProcess(config.model.path, config.model.backend, config.model.threads)
         self._planner_restart: threading.Thread | None = None
+        self.calibration: Any = None  # aimg.calib.calibration_file.CalibrationFile, if any
+        self._drift_references: dict[str, np.ndarray] = {}
+        self._calibration_status: dict[str, Any] = {"checked": False, "ok": None}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -237,6 +240,7 @@ class Controller:
             load_s=round(time.monotonic() - t0, 2),
         )
         self._check_views()
+        self._prepare_drift_check()
         for target, name in ((self._supervise, "supervisor"), (self._record, "recorder")):
             thread = threading.Thread(target=target, name=f"aimg-{name}", daemon=True)
             thread.start()
@@ -273,6 +277,7 @@ class Controller:
                 )
         except (CalibrationFileError, OSError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        self.calibration = calibration
         poses = calibration.cameras()
         options = {"intrinsics": devices.camera_intrinsics, "stale_timeout_s": 0.5}
         if devices.camera_recording is not None:
@@ -308,6 +313,16 @@ class Controller:
         self.supervisor = self.cell.supervisor()
         self.supervisor.start_episode(sim.task, self._next_scene_seed)  # something on the table
         self._rig_factory = self.cell.rig_factory()
+        if self.config.calibration is not None:  # the simulator's cameras are exact, but a
+            # file with scene references lets the daemon catch a knocked sim camera
+            from aimg.calib.calibration_file import CalibrationFileError, read_calibration
+            from aimg.robot.sim.cameras import default_camera_specs
+
+            try:
+                self.calibration = read_calibration(self.config.calibration)
+                self.calibration.require([spec.name for spec in default_camera_specs(sim.views)])
+            except CalibrationFileError as exc:
+                raise ConfigError(f"{self.config.source}: calibration: {exc}") from exc
 
     def _start_camera(self) -> None:
         from aimg.runtime.camera_process import CameraProcess
@@ -341,6 +356,98 @@ class Controller:
                 f"{available}: name the cameras as the model was trained, or set devices.sim.views"
             )
         self.view_names = list(wanted)
+
+    def _prepare_drift_check(self) -> None:
+        """Load the static-scene references of the cameras the model uses (a file without them
+        is a config error: the check would silently not run)."""
+        if self.calibration is None or not self.config.drift_check.enabled:
+            reason = (
+                "no calibration file (the simulator's cameras are exact)"
+                if self.calibration is None
+                else "drift_check.enabled is false"
+            )
+            self._calibration_status = {"checked": False, "ok": None, "summary": reason}
+            return
+        from aimg.calib.calibration_file import CalibrationFileError
+        from aimg.calib.scene_drift import load_reference
+
+        try:
+            self._drift_references = {
+                name: load_reference(self.calibration, name) for name in self.view_names
+            }
+        except CalibrationFileError as exc:
+            raise ConfigError(
+                f"{self.config.source}: drift_check: {exc} (or set drift_check.enabled: false "
+                "to run without the check)"
+            ) from exc
+        self._calibration_status = {
+            "checked": False,
+            "ok": None,
+            "summary": "checked before every task",
+            "file": str(self.config.calibration),
+        }
+
+    def check_calibration(self) -> dict[str, Any]:
+        """Compare every camera's newest frame with its static-scene reference; raise 409
+        naming the cameras that moved. The verdict is kept for `status()["calibration"]`."""
+        if not self._drift_references:
+            return self._calibration_status
+        from aimg.calib.calibration_file import now_iso
+        from aimg.calib.drift import DriftReport
+        from aimg.calib.scene_drift import SceneDriftThresholds, assess_scene
+
+        frames = self.camera.latest()
+        if frames is None:
+            raise ControllerError(503, "no camera frame yet to check the calibration: retry")
+        thresholds = SceneDriftThresholds(max_view_deg=self.config.drift_check.max_view_deg)
+        cameras = self.calibration.cameras()
+        t0 = time.monotonic()
+        report = DriftReport(
+            {
+                name: assess_scene(
+                    name, reference, frames.images[name], float(cameras[name].K[0, 0]), thresholds
+                )
+                for name, reference in self._drift_references.items()
+            }
+        )
+        status = {
+            "checked": True,
+            "ok": report.ok,
+            "summary": report.summary(),
+            "cameras": [v.to_dict() for v in report.verdicts.values()],
+            "at": now_iso(),
+            "check_s": round(time.monotonic() - t0, 3),
+            "file": str(self.config.calibration),
+        }
+        self._calibration_status = status
+        self.events.publish("calibration", status)
+        if not report.ok:
+            self.last_error = f"calibration check refused the task: {report.summary()}"
+            log_event(log, logging.WARNING, "calibration check failed", summary=report.summary())
+            raise ControllerError(409, self.last_error)
+        return status
+
+    def knock_camera(
+        self, name: str, translation_m: list[float], rotation_deg: list[float]
+    ) -> dict[str, Any]:
+        """Sim only: bump camera `name` (its renders move, its calibration does not), as a
+        person knocking a tripod; zeros put it back."""
+        if self.supervisor is None:
+            raise ControllerError(404, "only a simulated cell's cameras can be knocked")
+        names = list(self.camera.view_names)
+        if name not in names:
+            raise ControllerError(404, f"no camera {name!r}; the cell has {names}")
+        rotation = [float(np.radians(v)) for v in rotation_deg]
+        self.supervisor.knock_camera(name, [float(v) for v in translation_m], rotation)
+        log_event(
+            log,
+            logging.WARNING,
+            "sim camera knocked",
+            camera=name,
+            translation_m=translation_m,
+            rotation_deg=rotation_deg,
+        )
+        return {"camera": name, "translation_m": translation_m, "rotation_deg": rotation_deg}
 
     def _clean_recordings(self) -> None:
         if not self.config.recording.enabled:
@@ -407,6 +514,8 @@ class Controller:
             raise ControllerError(
                 422, f"max_duration_s must be in (0, {limit:g}] s (tasks.limit_duration_s)"
             )
+        if self.state == "idle":  # a busy or faulted cell is refused below, for that reason
+            self.check_calibration()
         with self._lock:
             if self.state == "estopped":
                 raise ControllerError(409, "the cell is e-stopped: POST /reset first")
@@ -568,6 +677,7 @@ class Controller:
             "episodes_dir": str(self.config.recording.dir)
             if self.config.recording.enabled
             else None,
+            "calibration": self._calibration_status,
         }
 
     def _processes(self) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aimg.geometry import Camera, intrinsics_matrix, invert_pose, look_at
+from aimg.geometry import Camera, intrinsics_matrix, invert_pose, look_at, rotvec_to_matrix
 
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -113,3 +113,15 @@ def c2w_from_gl_view(view: Sequence[float]) -> np.ndarray:
     """OpenCV camera-to-base [4, 4] from a PyBullet view matrix (column-major)."""
     w2c_gl = np.asarray(view, dtype=np.float64).reshape(4, 4).T
     return invert_pose(_CV_TO_GL @ w2c_gl)
+
+
+def knocked_camera(camera: Camera, knock: tuple[Sequence[float], Sequence[float]] | None) -> Camera:
+    """`camera` bumped by `knock` = (translation [3] in the base frame (m), rotation vector [3]
+    in the camera's frame (rad), about its centre); None: unchanged."""
+    if knock is None:
+        return camera
+    translation, rotation = (np.asarray(v, dtype=np.float64) for v in knock)
+    c2w = camera.c2w.copy()
+    c2w[:3, :3] = c2w[:3, :3] @ rotvec_to_matrix(rotation)
+    c2w[:3, 3] += translation
+    return Camera(camera.K, c2w, camera.width, camera.height)

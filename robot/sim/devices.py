@@ -13,7 +13,7 @@ import numpy as np
 
 from aimg.geometry import Camera
 from aimg.robot.interfaces import Arm, ArmError, ArmState, CameraRig, RigFrames
-from aimg.robot.sim.cameras import CameraSpec, default_camera_specs
+from aimg.robot.sim.cameras import CameraSpec, default_camera_specs, knocked_camera
 from aimg.robot.sim.world import CellConfig, SimWorld
 
 
@@ -144,7 +144,11 @@ class SimCameraRig(CameraRig):
         with self._world.lock:
             self._before_render()
             stamp = self._world.time_ns
-            images = {name: self._render(cam) for name, cam in self._cameras.items()}
+            knocks = self._world.camera_knocks
+            images = {
+                name: self._render(knocked_camera(cam, knocks.get(name)))
+                for name, cam in self._cameras.items()
+            }
         host = time.monotonic_ns()
         return RigFrames(
             images=images,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from aimg.geometry import Camera
 from aimg.robot.interfaces import CameraRig, RigFrames
 from aimg.robot.remote import Channel, RemoteArm, ServerAddress, spawn_server
-from aimg.robot.sim.cameras import CameraSpec, default_camera_specs
+from aimg.robot.sim.cameras import CameraSpec, default_camera_specs, knocked_camera
 from aimg.robot.sim.devices import SimArm, SimCameraRig
 from aimg.robot.sim.supervisor import RemoteSupervisor, SimSupervisor
 from aimg.robot.sim.world import CellConfig, SimWorld
@@ -116,7 +116,11 @@ class MirroredSimCameraRig(CameraRig):
         host = time.monotonic_ns()
         with world.lock:
             self.apply(snapshot)
-            images = {name: world.render(cam)[0] for name, cam in self._cameras.items()}
+            knocks = snapshot.get("camera_knocks", {})
+            images = {
+                name: world.render(knocked_camera(cam, knocks.get(name)))[0]
+                for name, cam in self._cameras.items()
+            }
         stamp = int(snapshot["time_ns"])
         return RigFrames(
             images=images,

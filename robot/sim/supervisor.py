@@ -62,6 +62,7 @@ class SimSupervisor:
             "expert_plan",
             "advance",
             "cell_config",
+            "knock_camera",
         }
     )
 
@@ -165,6 +166,10 @@ class SimSupervisor:
         """The world's configuration (a mirror world must be built with the same one)."""
         return self._world.config
 
+    def knock_camera(self, name: str, translation_m: list, rotation_rad: list) -> None:
+        """Bump camera `name` (see `SimWorld.knock_camera`); zeros put it back."""
+        self._world.knock_camera(name, translation_m, rotation_rad)
+
     def _movable_joints(self) -> tuple[int, ...]:
         if self._movable is None:
             c, robot = self._world.client, self._world.robot
@@ -180,7 +185,8 @@ class SimSupervisor:
         time_ns: simulated time; episode: counts `start_episode` calls; joint_indices /
         joint_positions: every movable robot joint (arm and gripper linkage), rad; objects:
         name -> shape ("box"), size [3] full extents (m), rgba, position [3], quaternion
-        [4] (x, y, z, w) and pose [4, 4] in the base frame.
+        [4] (x, y, z, w) and pose [4, 4] in the base frame; camera_knocks: name ->
+        (translation, rotation vector) of bumped cameras (`SimWorld.knock_camera`).
         """
         world = self._world
         with world.lock:
@@ -203,8 +209,10 @@ class SimSupervisor:
                     "pose": pose,
                 }
             time_ns = world.time_ns
+            knocks = dict(world.camera_knocks)
         return {
             "time_ns": time_ns,
+            "camera_knocks": knocks,
             "episode": self._episode,
             "joint_indices": movable,
             "joint_positions": np.array(positions),
@@ -245,3 +253,6 @@ class RemoteSupervisor(RemoteDevice):
 
     def snapshot(self) -> dict:
         return self.call("snapshot")
+
+    def knock_camera(self, name: str, translation_m: list, rotation_rad: list) -> None:
+        self.call("knock_camera", str(name), list(translation_m), list(rotation_rad))

@@ -15,6 +15,7 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,9 @@ class SimWorld:
         self._thread: threading.Thread | None = None
         self._stop_thread = threading.Event()
         self.objects: dict[str, int] = {}
+        #: camera name -> (translation [3] in the base frame (m), rotation vector [3] in the
+        #: camera's frame (rad)): a camera bumped after calibration (`knock_camera`)
+        self.camera_knocks: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.reset(seed)
 
     # -- scene -------------------------------------------------------------------------------
@@ -532,6 +536,21 @@ class SimWorld:
                 time.sleep(0.5 / hz)
 
     # -- rendering ---------------------------------------------------------------------------
+
+    def knock_camera(
+        self, name: str, translation_m: Sequence[float], rotation_rad: Sequence[float]
+    ) -> None:
+        """Bump camera `name`: its renders move, its reported calibration does not (as when a
+        tripod is knocked). Zero translation and rotation put it back. Survives `reset`."""
+        translation = tuple(float(v) for v in translation_m)
+        rotation = tuple(float(v) for v in rotation_rad)
+        if len(translation) != 3 or len(rotation) != 3:
+            raise ValueError("a knock is a translation [3] (m) and a rotation vector [3] (rad)")
+        with self.lock:
+            if any(translation) or any(rotation):
+                self.camera_knocks[name] = (translation, rotation)
+            else:
+                self.camera_knocks.pop(name, None)
 
     def render(
         self, camera: Camera, segmentation: bool = False
