@@ -62,15 +62,19 @@ class CellDevices:
 
 
 @contextlib.contextmanager
-def open_cell(config: CellConfig, require_calibration: bool = False) -> Iterator[CellDevices]:
-    """Open the arm and cameras of `config` (connected, enabled); always closes them."""
+def open_cell(config: CellConfig, require_calibration: bool = True) -> Iterator[CellDevices]:
+    """Open the arm and cameras of `config` (connected, enabled); always closes them.
+
+    A real cell's cameras are placed by its calibration file; `require_calibration=False`
+    (hand-eye calibration, which makes that file) opens them unplaced, at the device's
+    intrinsics. A sim cell needs no file (its cameras are exact)."""
     calibration = read_calibration(config.calibration) if config.calibration else None
-    if require_calibration and calibration is None:
-        raise ValueError(
-            f"{config.source}: no calibration file is set (calibration:); calibrate first with "
-            "`aimg calib handeye`"
-        )
     if config.devices.kind == "xarm":
+        if require_calibration and calibration is None:
+            raise ValueError(
+                f"{config.source}: no calibration file is set (calibration:); calibrate first "
+                "with `aimg calib handeye --config CELL`"
+            )
         with _open_xarm_cell(config, calibration) as devices:
             yield devices
     else:
@@ -115,17 +119,20 @@ def _open_xarm_cell(
     from aimg.robot.xarm.arm import XArm
 
     devices = config.devices
-    if calibration is None:
-        raise ValueError(f"{config.source}: an xArm cell needs its calibration file")
-    if devices.cameras:
+    if calibration is not None and devices.cameras:
         calibration.require(
             [c.name for c in devices.cameras], {c.name: c.serial for c in devices.cameras}
         )
-    poses = calibration.cameras()
-    options = {"intrinsics": devices.camera_intrinsics, "stale_timeout_s": 1.0}
+    if calibration is not None:
+        poses: dict[str, Any] = dict(calibration.cameras())
+        intrinsics = devices.camera_intrinsics
+    else:  # being calibrated: unplaced, the device's own K
+        poses = {c.name: np.eye(4) for c in devices.cameras}
+        intrinsics = "device"
+    options = {"intrinsics": intrinsics, "stale_timeout_s": 1.0}
     if devices.camera_recording is not None:
         rig: CameraRig = RealSenseRig.from_recording(
-            devices.camera_recording, poses, loop=True, **options
+            devices.camera_recording, poses or None, loop=True, **options
         )
     else:
         rig = RealSenseRig(
@@ -207,3 +214,20 @@ def sim_exact_calibration(devices: CellDevices, out: Path) -> CalibrationFile:
     sim = devices.config.devices.sim
     source = f"sim cell views={sim.views} image_size={sim.image_size}"
     return CalibrationFile(records, source=source, path=Path(out))
+
+
+def device_intrinsics(rig: CameraRig) -> dict[str, tuple[Camera, np.ndarray]]:
+    """Per camera, (K at the stream's size as an unplaced `Camera`, OpenCV distortion) as the
+    device reports them: a RealSense's factory calibration. Its "inverse_brown_conrady"
+    coefficients are not OpenCV's model (and ~0 on D4xx colour), so only "brown_conrady" ones
+    are kept; `aimg calib intrinsics` measures a lens that needs more."""
+    reported = getattr(rig, "intrinsics", None)
+    out = {}
+    for name in rig.view_names:
+        intr = reported.get(name) if isinstance(reported, dict) else None
+        if intr is None:
+            raise ValueError(f"camera '{name}' reports no intrinsics: is it connected?")
+        coeffs = np.asarray(intr.coeffs[:5], dtype=np.float64)
+        distortion = coeffs if intr.model == "brown_conrady" and len(coeffs) == 5 else np.zeros(5)
+        out[name] = (Camera(intr.K, np.eye(4), intr.width, intr.height), distortion)
+    return out

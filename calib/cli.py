@@ -20,12 +20,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_REAL_CELL = (
-    "calibrating a real cell needs the xArm and RealSense drivers (aimg.robot.xarm, "
-    "aimg.robot.realsense) wired to a cell config, which this version does not do yet: "
-    "use --sim for the simulated cell"
-)
-
 
 def _progress() -> Progress:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -39,41 +33,52 @@ def _progress() -> Progress:
     )
 
 
-def _require_real_drivers() -> None:
+def _cell(config: Path):
+    from aimg.config import ConfigError
+    from aimg.runtime.cell_config import load_cell_config
+
     try:
-        import aimg.robot.realsense  # noqa: F401
-        import aimg.robot.xarm  # noqa: F401
-    except ImportError as exc:
-        raise typer.BadParameter(f"{_REAL_CELL} ({exc})") from exc
-    raise typer.BadParameter(_REAL_CELL)
+        return load_cell_config(config)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 @app.command()
 def handeye(
-    sim: bool = typer.Option(False, "--sim", help="Calibrate the simulated cell (PyBullet)."),
-    config: Path = typer.Option(None, help="Cell config of a real cell (needs the drivers)."),
+    sim: bool = typer.Option(False, "--sim", help="Calibrate a simulated cell (PyBullet)."),
+    config: Path = typer.Option(None, help="Cell config of a real (xarm) cell to calibrate."),
     seed: int = typer.Option(0, help="Sim: cell seed (camera placements, board mount)."),
     cameras: int = typer.Option(3, min=1, max=4, help="Sim: number of random cameras."),
-    out: Path = typer.Option(Path("calibration.yaml"), help="Calibration file to write."),
+    out: Path = typer.Option(
+        None,
+        help="Calibration file to write (default: the config's calibration:, else "
+        "calibration.yaml).",
+    ),
     method: str = typer.Option("park", help="tsai, park, horaud, andreff, daniilidis, shah, li."),
     refine: bool = typer.Option(True, help="Joint reprojection refinement after the solver."),
     poses_per_camera: int = typer.Option(14, min=4, help="Aimed poses per camera."),
 ) -> None:
-    """Move the board through a scripted motion, solve camera-to-base poses, write the file,
-    a reference image and an overlay per camera; prints a JSON residual report."""
+    """Move the board (on the gripper) through a scripted motion, solve camera-to-base poses,
+    write the file, reference images and an overlay per camera; prints a JSON residual report.
+
+    Real cell: the daemon must not be running; mount the board as docs/calibration.md shows,
+    clear the workspace, keep a hand on the e-stop. Afterwards take the board off and run
+    `aimg calib reference --config CELL` for the daemon's drift check."""
     from aimg.calib.handeye import CalibrationError, HandEyeSettings, MotionSettings
 
-    if not sim:
-        if config is None:
-            raise typer.BadParameter("give --sim, or --config CELL for a real cell")
-        _require_real_drivers()
-    from aimg.calib.session import calibrate_sim
-    from aimg.calib.sim import SimCalibrationCell
-
+    if sim == (config is not None):
+        raise typer.BadParameter("give --sim, or --config CELL for a real cell (not both)")
     try:
         settings = HandEyeSettings(method=method, refine=refine)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if config is not None:
+        _handeye_cell(_cell(config), out, settings, poses_per_camera, seed)
+        return
+    from aimg.calib.session import calibrate_sim
+    from aimg.calib.sim import SimCalibrationCell
+
+    out = out or Path("calibration.yaml")
     with SimCalibrationCell(seed=seed, num_cameras=cameras) as cell, _progress() as progress:
         motion = MotionSettings(
             workspace_low=cell.config.workspace_low,
@@ -81,16 +86,8 @@ def handeye(
             poses_per_camera=poses_per_camera,
             seed=seed,
         )
-        bars: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                label = "sweep" if stage == "sweep" else f"aim at {stage}"
-                bars[stage] = progress.add_task(label, total=total)
-            progress.update(bars[stage], completed=done + 1)
-
         try:
-            run = calibrate_sim(cell, out, motion, settings, on_progress=on_progress)
+            run = calibrate_sim(cell, out, motion, settings, on_progress=_bars(progress))
         except CalibrationError as exc:
             typer.echo(f"calibration failed: {exc}", err=True)
             raise typer.Exit(1) from exc
@@ -99,59 +96,185 @@ def handeye(
     typer.echo(json.dumps(report))
 
 
+def _bars(progress: Progress):
+    """An `on_progress` callback drawing one bar per stage of the motion."""
+    bars: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            label = "sweep" if stage == "sweep" else f"aim at {stage}"
+            bars[stage] = progress.add_task(label, total=total)
+        progress.update(bars[stage], completed=done + 1)
+
+    return on_progress
+
+
+def _handeye_cell(cell, out: Path | None, settings, poses_per_camera: int, seed: int) -> None:
+    """`calib handeye --config`: the real cell's arm and cameras through their drivers."""
+    from aimg.calib.calibration_file import CalibrationFileError
+    from aimg.calib.cell_devices import open_cell
+    from aimg.calib.handeye import CalibrationError, MotionSettings
+    from aimg.calib.session import calibrate_cell
+
+    if cell.devices.kind != "xarm":
+        raise typer.BadParameter(
+            f"{cell.source} is a simulated cell, whose cameras are exact: `aimg calib handeye "
+            "--sim` runs the procedure in a simulated cell with a board on the gripper, and "
+            "`aimg calib reference --config` takes this cell's drift references"
+        )
+    out = out or cell.calibration or Path("calibration.yaml")
+    try:
+        with open_cell(cell, require_calibration=False) as devices, _progress() as progress:
+            low, high = devices.workspace
+            motion = MotionSettings.real_arm(
+                workspace_low=tuple(low),
+                workspace_high=tuple(high),
+                poses_per_camera=poses_per_camera,
+                seed=seed,
+            )
+            result, _, skipped = calibrate_cell(
+                devices, out, motion, settings, on_progress=_bars(progress)
+            )
+    except (CalibrationError, CalibrationFileError, ValueError, RuntimeError) as exc:
+        typer.echo(f"calibration failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    report = {
+        "cameras": {
+            name: {"train": sol.train.to_dict(), "validation": sol.validation.to_dict()}
+            for name, sol in result.cameras.items()
+        },
+        "skipped": skipped,
+        "motion_s": round(result.motion_seconds or 0.0, 1),
+        "out": str(out),
+    }
+    typer.echo(json.dumps(report))
+    typer.echo(
+        f"next: take the board off, set `calibration: {out}` in {cell.source} and run "
+        f"`aimg calib reference --config {cell.source}`",
+        err=True,
+    )
+
+
 @app.command()
 def check(
-    calibration: Path = typer.Option(..., help="Calibration file written by `calib handeye`."),
+    calibration: Path = typer.Option(None, help="Sim: a file written by `calib handeye --sim`."),
     sim: bool = typer.Option(False, "--sim", help="Check the simulated cell it came from."),
-    config: Path = typer.Option(None, help="Cell config of a real cell (needs the drivers)."),
+    config: Path = typer.Option(None, help="Cell config: check that cell (sim or xarm)."),
+    board: bool = typer.Option(
+        False,
+        "--board",
+        help="With --config: the arm puts the board (on the gripper) back at the reference "
+        "poses, instead of comparing each camera with its static-scene reference.",
+    ),
     move_camera: str = typer.Option(None, help="Sim: knock this camera before the check."),
     move_mm: float = typer.Option(0.0, help="Sim: shift the knocked camera along base x (mm)."),
     turn_deg: float = typer.Option(0.0, help="Sim: turn the knocked camera about its x (deg)."),
-    max_mm: float = typer.Option(5.0, help="Refuse a camera that moved more than this (mm)."),
-    max_deg: float = typer.Option(0.5, help="Refuse a camera that turned more than this (deg)."),
+    max_mm: float = typer.Option(5.0, help="Board check: the most a camera may move (mm)."),
+    max_deg: float = typer.Option(0.5, help="Board check: the most a camera may turn (deg)."),
+    max_view_deg: float = typer.Option(
+        0.15, help="Scene check: the most a camera's view may shift (deg)."
+    ),
 ) -> None:
     """Drift check: exit 0 when every camera is where it was calibrated, 1 (naming the moved
-    cameras) otherwise; prints a JSON report."""
+    cameras) otherwise; prints a JSON report. `--config CELL` runs the daemon's check (static
+    scene, no motion) or, with `--board`, the board check; `--sim` checks a simulated cell."""
+    if sim == (config is not None):
+        raise typer.BadParameter("give --sim (with --calibration), or --config CELL")
+    if config is not None:
+        report = _check_cell(
+            _cell(config), board, move_camera, move_mm, turn_deg, max_mm, max_deg, max_view_deg
+        )
+    else:
+        if calibration is None:
+            raise typer.BadParameter("--sim needs --calibration FILE (from `calib handeye --sim`)")
+        report = _check_sim(calibration, move_camera, move_mm, turn_deg, max_mm, max_deg)
+    typer.echo(json.dumps(report.to_dict()))
+    if not report.ok:
+        typer.echo(report.summary(), err=True)
+        raise typer.Exit(1)
+
+
+def _knock(names, move_camera: str | None) -> None:
+    if move_camera is not None and move_camera not in names:
+        raise typer.BadParameter(f"no camera {move_camera!r}; the cell has {list(names)}")
+
+
+def _check_sim(calibration: Path, move_camera, move_mm, turn_deg, max_mm, max_deg):
     import numpy as np
 
     from aimg.calib.calibration_file import CalibrationFileError, read_calibration
     from aimg.calib.drift import DriftThresholds, check_drift
-
-    try:
-        cal = read_calibration(calibration)
-    except CalibrationFileError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if not sim:
-        if config is None:
-            raise typer.BadParameter("give --sim, or --config CELL for a real cell")
-        _require_real_drivers()
     from aimg.calib.session import parse_sim_source
     from aimg.calib.sim import SimCalibrationCell
 
     try:
+        cal = read_calibration(calibration)
         seed, cameras = parse_sim_source(cal.source)
+    except CalibrationFileError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     except ValueError as exc:
         raise typer.BadParameter(
             f"{calibration}: {exc}; --sim needs a simulated cell's file"
         ) from exc
     thresholds = DriftThresholds(translation_mm=max_mm, rotation_deg=max_deg)
     with SimCalibrationCell(seed=seed, num_cameras=cameras) as cell:
+        _knock(cell.rig.view_names, move_camera)
         if move_camera is not None:
-            if move_camera not in cell.rig.view_names:
-                raise typer.BadParameter(
-                    f"no camera {move_camera!r}; the cell has {list(cell.rig.view_names)}"
-                )
             cell.move_camera(
                 move_camera, [move_mm / 1000.0, 0.0, 0.0], [np.radians(turn_deg), 0.0, 0.0]
             )
         try:
-            report = check_drift(cal, cell.arm, cell.rig, cell.wait, thresholds)
+            return check_drift(cal, cell.arm, cell.rig, cell.wait, thresholds)
         except CalibrationFileError as exc:
             raise typer.BadParameter(str(exc)) from exc
-    typer.echo(json.dumps(report.to_dict()))
-    if not report.ok:
-        typer.echo(report.summary(), err=True)
-        raise typer.Exit(1)
+
+
+def _check_cell(cell, board, move_camera, move_mm, turn_deg, max_mm, max_deg, max_view_deg):
+    """The check of a cell config's cell: static scene (as the daemon) or board."""
+    import numpy as np
+
+    from aimg.calib.calibration_file import CalibrationFileError
+    from aimg.calib.cell_devices import open_cell
+    from aimg.calib.drift import DriftReport, DriftThresholds, check_drift
+    from aimg.calib.scene_drift import SceneDriftThresholds, assess_scene, load_reference
+
+    if cell.calibration is None:
+        raise typer.BadParameter(
+            f"{cell.source} sets no calibration file: run `aimg calib reference --config "
+            f"{cell.source}` (sim) or `aimg calib handeye --config {cell.source}` (real) first"
+        )
+    try:
+        with open_cell(cell) as devices:
+            _knock(devices.rig.view_names, move_camera)
+            if move_camera is not None:
+                if not devices.is_sim:
+                    raise typer.BadParameter("--move-camera knocks simulated cameras only")
+                devices.world.knock_camera(
+                    move_camera, [move_mm / 1000.0, 0.0, 0.0], [np.radians(turn_deg), 0.0, 0.0]
+                )
+            calibration = devices.calibration
+            if board:
+                motion = {} if devices.is_sim else {"step_m": 0.002, "tick_s": 0.01}
+                thresholds = DriftThresholds(translation_mm=max_mm, rotation_deg=max_deg)
+                return check_drift(
+                    calibration, devices.arm, devices.rig, devices.wait, thresholds, **motion
+                )
+            frames = devices.rig.read().images
+            scene = SceneDriftThresholds(max_view_deg=max_view_deg)
+            return DriftReport(
+                {
+                    name: assess_scene(
+                        name,
+                        load_reference(calibration, name),
+                        frames[name],
+                        float(calibration.records[name].K[0, 0]),
+                        scene,
+                    )
+                    for name in devices.rig.view_names
+                }
+            )
+    except CalibrationFileError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 app.command()(reference)
@@ -209,3 +332,8 @@ def study(
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     typer.echo(json.dumps({"summary": summary, "runs": runs, "failures": failures}))
+
+
+from aimg.calib.intrinsics_cli import intrinsics as _intrinsics  # noqa: E402
+
+app.command(name="intrinsics")(_intrinsics)

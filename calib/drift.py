@@ -193,9 +193,12 @@ def check_drift(
     thresholds: DriftThresholds | None = None,
     detector: BoardDetector | None = None,
     settle_s: float = 0.3,
+    step_m: float = 0.03,
+    tick_s: float = 0.04,
 ) -> DriftReport:
     """Move the board to each camera's reference pose, judge every camera, return the arm to
-    where it started. Raises CalibrationFileError when the file does not fit the rig."""
+    where it started. Raises CalibrationFileError when the file does not fit the rig.
+    `step_m` / `tick_s`: the moves' waypoint spacing and period (`MotionSettings.real_arm`)."""
     calibration.require(rig.view_names)
     board: BoardSpec | None = calibration.board
     if board is None:
@@ -220,7 +223,7 @@ def check_drift(
             slots[name].append(match[0] if match else len(poses) - 1)
     seen: list[tuple[np.ndarray, dict[str, np.ndarray]] | None] = []
     for pose in poses:
-        if not move_to(arm, pose, wait):
+        if not move_to(arm, pose, wait, step_m, tick_s=tick_s):
             seen.append(None)
             continue
         wait(settle_s)
@@ -245,5 +248,5 @@ def check_drift(
             (seen[i][0], detector.detect(np.asarray(seen[i][1][name]))) for i in slots[name]
         ]
         verdicts[name] = assess_camera(calibration, name, observations, thresholds)
-    move_to(arm, start, wait)
+    move_to(arm, start, wait, step_m, tick_s=tick_s)
     return DriftReport(verdicts)

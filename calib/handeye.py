@@ -133,6 +133,15 @@ class MotionSettings:
     validation_every: int = 4
     settle_s: float = 0.25
     seed: int = 0
+    #: move_to's waypoint spacing and servo period (m, s): 0.75 m/s suits the sim's arm
+    step_m: float = 0.03
+    tick_s: float = 0.04
+
+    @classmethod
+    def real_arm(cls, **changes: object) -> MotionSettings:
+        """Settings for a real xArm in servo mode: 2 mm targets every 10 ms (0.2 m/s; bigger
+        jumps raise C24), and a longer settle for the cameras' exposure."""
+        return cls(**{"step_m": 0.002, "tick_s": 0.01, "settle_s": 0.5, **changes})
 
     def clamp(self, position: np.ndarray) -> np.ndarray:
         """Keep a board position inside the shrunk workspace, at least `min_height_m` above the
@@ -249,7 +258,9 @@ def move_to(
     repeats poses to ~0.1 mm), so a drift check sees the board where calibration saw it.
 
     Small steps keep every servo target within the controller's jump limit and the IK on one
-    branch. On a fault the arm's errors are cleared and it is re-enabled where it stopped.
+    branch (a real xArm needs ~2 mm steps every 10 ms: `MotionSettings.real_arm()`). The target
+    is re-sent every tick. On a fault the arm's errors are cleared and it is re-enabled where
+    it stopped.
     """
     start = arm.read_state().tool_pose
     distance = np.linalg.norm(target[:3, 3] - start[:3, 3])
@@ -262,9 +273,9 @@ def move_to(
             start[:3, 3] + f * (target[:3, 3] - start[:3, 3]),
             start[:3, :3] @ rotvec_to_matrix(f * relative),
         )
-        arm.servo(waypoint)
         elapsed = 0.0
         while True:
+            arm.servo(waypoint)  # streamed: a real xArm holds after ~0.3 s without a target
             wait(tick_s)
             elapsed += tick_s
             state = arm.read_state()
@@ -769,7 +780,7 @@ def run_motion(
     for i, pose in enumerate(sweep):
         if on_progress:
             on_progress("sweep", i, len(sweep))
-        if move_to(arm, pose, wait):
+        if move_to(arm, pose, wait, motion.step_m, tick_s=motion.tick_s):
             views.append(capture(arm, rig, detector, wait, motion.settle_s, "sweep"))
     center = motion.clamp(np.asarray(motion.center, dtype=np.float64))
     for name, camera in cameras.items():
@@ -786,7 +797,8 @@ def run_motion(
         for k, pose in enumerate(poses):
             if on_progress:
                 on_progress(name, k, len(poses))
-            if not (move_to(arm, via, wait) and move_to(arm, pose, wait)):
+            steps = {"step_m": motion.step_m, "tick_s": motion.tick_s}
+            if not (move_to(arm, via, wait, **steps) and move_to(arm, pose, wait, **steps)):
                 failures += 1
                 if failures > len(poses) // 2:
                     raise CalibrationError(
@@ -799,6 +811,6 @@ def run_motion(
             view = capture(arm, rig, detector, wait, motion.settle_s, phase)
             view.aimed_at = name
             views.append(view)
-        move_to(arm, via, wait)
-    move_to(arm, home, wait)
+        move_to(arm, via, wait, motion.step_m, tick_s=motion.tick_s)
+    move_to(arm, home, wait, motion.step_m, tick_s=motion.tick_s)
     return views, skipped

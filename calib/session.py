@@ -30,7 +30,9 @@ from aimg.calib.handeye import (
 from aimg.calib.overlay import draw_overlay
 
 if TYPE_CHECKING:
+    from aimg.calib.cell_devices import CellDevices
     from aimg.calib.sim import SimCalibrationCell
+    from aimg.geometry import Camera
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -190,3 +192,39 @@ def calibrate_sim(
         calibration=calibration,
         skipped=skipped,
     )
+
+
+def calibrate_cell(
+    devices: CellDevices,
+    out: Path,
+    motion: MotionSettings,
+    settings: HandEyeSettings | None = None,
+    intrinsics: Mapping[str, tuple[Camera, np.ndarray]] | None = None,
+    board: BoardSpec | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[HandEyeResult, CalibrationFile, dict[str, str]]:
+    """Hand-eye calibration of a real cell (board on the gripper, `flag_mount`): the scripted
+    motion, the solve with `intrinsics` (default: the devices' own), then the file with the
+    cameras' serials, reference images and overlays. Returns the result, the file and the
+    cameras the motion could not aim at (name -> why)."""
+    from aimg.calib.cell_devices import device_intrinsics
+    from aimg.calib.handeye import flag_mount
+
+    board = board or BoardSpec()
+    views, skipped = run_motion(
+        devices.arm,
+        devices.rig,
+        board,
+        flag_mount(board),
+        devices.wait,
+        motion,
+        on_progress=on_progress,
+    )
+    result = solve(views, intrinsics or device_intrinsics(devices.rig), board, settings)
+    config = devices.config
+    serials = {c.name: c.serial for c in config.devices.cameras}
+    ip = config.devices.xarm.ip if config.devices.xarm is not None else "?"
+    calibration = save_result(
+        result, out, board, f"xarm {ip} cell {config.name}", serials, devices.workspace
+    )
+    return result, calibration, skipped

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from aimg.calib.cli import app
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -25,10 +28,29 @@ def test_aimg_lists_the_calib_commands():
         assert command in out
 
 
-def test_handeye_for_a_real_cell_says_what_it_needs(tmp_path):
-    result = runner.invoke(app, ["handeye", "--config", str(tmp_path / "cell.yaml")])
+def _flat(output: str) -> str:
+    """Typer's error box wraps lines: the text without the box and the line breaks."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_handeye_refuses_a_sim_config_and_says_what_to_run(tmp_path):
+    data = yaml.safe_load((REPO_ROOT / "configs" / "cell-sim.yaml").read_text())
+    data["model"]["path"] = str(REPO_ROOT / "assets" / "sim-tiny")
+    config = tmp_path / "cell.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["handeye", "--config", str(config)])
     assert result.exit_code != 0
-    assert "xArm and RealSense drivers" in result.output
+    text = _flat(result.output)
+    assert "calib handeye --sim" in text and "calib reference --config" in text
+
+
+def test_handeye_and_check_say_which_cell_to_give(tmp_path):
+    for command in (["handeye"], ["check"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code != 0
+        assert "--config CELL" in _flat(result.output)
+    missing = runner.invoke(app, ["handeye", "--config", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code != 0 and "nope.yaml" in _flat(missing.output)
 
 
 def test_check_refuses_a_file_that_is_not_a_calibration(tmp_path):

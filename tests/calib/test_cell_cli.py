@@ -86,3 +86,21 @@ def test_reference_refuses_a_calibration_for_other_cameras(tmp_path):
     assert "is for cameras ['left', 'right'], but this cell has ['front', 'left', 'right']" in (
         result.output
     )
+
+
+def test_check_on_a_cell_config_runs_the_daemons_scene_check(tmp_path):
+    out = tmp_path / "cal.yaml"
+    config = sim_config(tmp_path)
+    assert (
+        runner.invoke(app, ["reference", "--config", str(config), "--out", str(out)]).exit_code == 0
+    )
+    config = sim_config(tmp_path, calibration=str(out))
+    still = runner.invoke(app, ["check", "--config", str(config)])
+    assert still.exit_code == 0, still.output
+    report = _json(still.output)
+    assert report["ok"] and {c["camera"] for c in report["cameras"]} == {"left", "right"}
+    turned = runner.invoke(
+        app, ["check", "--config", str(config), "--move-camera", "right", "--turn-deg", "1"]
+    )
+    assert turned.exit_code == 1
+    assert "camera 'right' moved" in turned.output and "camera 'left' moved" not in turned.output
