@@ -1110,8 +1110,20 @@ class Controller:
                     next_feed = now + feed_period
                     path = np.array(self._path) if self._path else np.zeros((0, 3))
                     stamp = int(min(frames.host_timestamps_ns.values()))
+                    state = self.servo.state()
+                    pose = np.asarray(state.tool_pose) if state is not None else None
+                    workspace = (
+                        np.asarray(self.limits.workspace_low),
+                        np.asarray(self.limits.workspace_high),
+                    )
                     message = frame_message(
-                        frames.images, camera.cameras, stamp, path, self._plan_points
+                        frames.images,
+                        camera.cameras,
+                        stamp,
+                        path,
+                        self._plan_points,
+                        pose if pose is not None and np.all(np.isfinite(pose)) else None,
+                        workspace,
                     )
                     self.events.publish("frame", message)
             except Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -40,14 +41,41 @@ def project_px(camera: Camera, points: np.ndarray) -> list[list[float]]:
     return np.round(uv[keep] + 0.5, 1).tolist()
 
 
+def tool_axes_px(camera: Camera, tool_pose: np.ndarray, length_m: float = 0.08) -> list:
+    """The tool's origin and the ends of its x, y, z axes in canvas pixels ([] when any is
+    behind the camera): a calibration is right when they sit on the gripper."""
+    pose = np.asarray(tool_pose, dtype=np.float64)
+    points = np.vstack([pose[:3, 3], pose[:3, 3] + length_m * pose[:3, :3].T])
+    if (camera.to_camera(points)[:, 2] <= 0).any():
+        return []
+    uv, _ = camera.project(points)
+    return np.round(uv + 0.5, 1).tolist() if np.isfinite(uv).all() else []
+
+
+def box_edges_px(camera: Camera, low: np.ndarray, high: np.ndarray) -> list:
+    """The 12 edges of the box [low, high] (base frame, m) as [[u0, v0], [u1, v1]] in canvas
+    pixels; edges with an end behind the camera are left out."""
+    corners = np.array(list(itertools.product(*zip(low, high, strict=True))), dtype=np.float64)
+    uv, _ = camera.project(corners)
+    front = camera.to_camera(corners)[:, 2] > 0
+    edges = []
+    for i, j in itertools.combinations(range(8), 2):
+        if np.count_nonzero(corners[i] != corners[j]) == 1 and front[i] and front[j]:
+            edges.append(np.round(uv[[i, j]] + 0.5, 1).tolist())
+    return edges
+
+
 def frame_message(
     images: Mapping[str, np.ndarray],
     cameras: Mapping[str, Camera],
     time_ns: int,
     path: np.ndarray,
     plan: np.ndarray,
+    tool_pose: np.ndarray | None = None,
+    workspace: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
-    """The `frame` event: every view's JPEG with the executed path and the plan projected."""
+    """The `frame` event: every view's JPEG with the executed path and the plan projected,
+    and (when given) the tool's axes and the workspace box, the picture of `aimg calib show`."""
     views = {}
     for name, image in images.items():
         camera = cameras[name]
@@ -57,6 +85,8 @@ def frame_message(
             "height": int(image.shape[0]),
             "path_px": project_px(camera, path),
             "plan_px": project_px(camera, plan),
+            "axes_px": tool_axes_px(camera, tool_pose) if tool_pose is not None else [],
+            "box_px": box_edges_px(camera, *workspace) if workspace is not None else [],
         }
     return {"time_ns": int(time_ns), "views": views}
 

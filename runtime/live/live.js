@@ -14,8 +14,9 @@
   const COLOURS = {
     path: "#4ea1ff", plan: "#ffd166", halo: "rgba(0, 0, 0, 0.65)", grid: "#243040",
     axis: "#7f8c99", servo: "#4ea1ff", camera: "#4cc38a", plans: "#ffd166",
-    latency: "#ffd166", p50: "#7f8c99",
+    latency: "#ffd166", p50: "#7f8c99", box: "#e6e6e6",
   };
+  const AXIS_COLOURS = ["#ff4d4d", "#4cd964", "#4d7cff"];  // tool x, y, z
 
   const $ = (id) => document.getElementById(id);
   const dpr = () => window.devicePixelRatio || 1;
@@ -213,8 +214,24 @@
     const unit = Math.max(1, w / 400);
     const path = data.path_px || [];
     const plan = data.plan_px || [];
+    const box = data.box_px || [];
+    const axes = data.axes_px || [];
     ctx.lineJoin = "round";
     ctx.lineCap = "round";
+    // The calibration at a glance: the workspace box on the table, the tool's axes on the
+    // gripper (x red, y green, z blue); off, and the camera has moved or is miscalibrated.
+    ctx.strokeStyle = COLOURS.box;
+    ctx.globalAlpha = 0.6;
+    ctx.lineWidth = 1 * unit;
+    for (const edge of box) polyline(ctx, edge, sx, sy);
+    ctx.globalAlpha = 1;
+    if (axes.length === 4) {
+      ctx.lineWidth = 2 * unit;
+      AXIS_COLOURS.forEach((colour, k) => {
+        ctx.strokeStyle = colour;
+        polyline(ctx, [axes[0], axes[k + 1]], sx, sy);
+      });
+    }
     if (path.length > 1) {
       ctx.strokeStyle = COLOURS.halo;
       ctx.lineWidth = 4.5 * unit;
@@ -240,6 +257,8 @@
       }
     }
     canvas.dataset.planPoints = String(plan.length);
+    canvas.dataset.boxEdges = String(box.length);
+    canvas.dataset.toolAxes = String(axes.length ? 3 : 0);
     canvas.dataset.pathPoints = String(path.length);
     view.info.textContent = `${width}×${height} · path ${path.length} · plan ${plan.length}`;
   }
@@ -356,6 +375,12 @@
 
     renderProcesses(status.processes || {});
     setText("last-error", status.last_error || "none", status.last_error ? "bad" : "muted");
+    const calibration = status.calibration || {};
+    setText(
+      "calibration",
+      calibration.summary || "—",
+      calibration.ok === false ? "bad" : calibration.ok ? "good" : "muted",
+    );
     for (const event of status.events || []) addSafetyEvent(event);
 
     const r = status.rates_hz || {};

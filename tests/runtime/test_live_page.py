@@ -100,6 +100,13 @@ def test_a_task_started_on_the_page_draws_its_plan_and_the_estop_holds_the_arm(p
     )
     page.wait_for_timeout(1000)  # a few more frames, so the executed path shows too
     assert page.locator("#strips img").count() >= 1
+    # every view draws the workspace box and the tool's axes through the calibration
+    drawn = page.evaluate(
+        "[...document.querySelectorAll('canvas[data-view]')]"
+        ".map(c => [Number(c.dataset.boxEdges), Number(c.dataset.toolAxes)])"
+    )
+    assert drawn and all(edges >= 4 and axes == 3 for edges, axes in drawn), drawn
+    assert page.inner_text("#calibration").startswith("no calibration file")
     _screenshot(page, "running")
 
     page.click("#estop")
