@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 
 def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> Path:
@@ -22,3 +25,14 @@ def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_png_atomic(path: str | Path, image: np.ndarray) -> Path:
+    """An RGB / RGBA / grey uint8 image as a PNG, written atomically (folders made)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return write_bytes_atomic(path, buffer.getvalue())

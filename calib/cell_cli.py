@@ -98,9 +98,9 @@ def show(
     """Each camera's frame with the tool's axes (x red, y green, z blue) and the workspace box
     (yellow) drawn through the calibration, side by side: if the axes sit on the gripper and
     the box on the table, the calibration is right."""
+    from aimg.atomic_files import write_png_atomic
     from aimg.calib.cell_devices import open_cell
     from aimg.calib.overlay import draw_overlay
-    from aimg.calib.session import save_png
 
     cell = _load(config)
     try:
@@ -128,7 +128,7 @@ def show(
                 height = max(p.shape[0] for p in pictures)
                 padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0))) for p in pictures]
                 out.parent.mkdir(parents=True, exist_ok=True)
-                save_png(out, np.concatenate(padded, axis=1))
+                write_png_atomic(out, np.concatenate(padded, axis=1))
                 if every <= 0:
                     break
                 time.sleep(every)

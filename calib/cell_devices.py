@@ -217,17 +217,16 @@ def sim_exact_calibration(devices: CellDevices, out: Path) -> CalibrationFile:
 
 
 def device_intrinsics(rig: CameraRig) -> dict[str, tuple[Camera, np.ndarray]]:
-    """Per camera, (K at the stream's size as an unplaced `Camera`, OpenCV distortion) as the
-    device reports them: a RealSense's factory calibration. Its "inverse_brown_conrady"
-    coefficients are not OpenCV's model (and ~0 on D4xx colour), so only "brown_conrady" ones
-    are kept; `aimg calib intrinsics` measures a lens that needs more."""
-    reported = getattr(rig, "intrinsics", None)
-    out = {}
-    for name in rig.view_names:
-        intr = reported.get(name) if isinstance(reported, dict) else None
-        if intr is None:
-            raise ValueError(f"camera '{name}' reports no intrinsics: is it connected?")
-        coeffs = np.asarray(intr.coeffs[:5], dtype=np.float64)
-        distortion = coeffs if intr.model == "brown_conrady" and len(coeffs) == 5 else np.zeros(5)
-        out[name] = (Camera(intr.K, np.eye(4), intr.width, intr.height), distortion)
-    return out
+    """Per camera, (K at the stream's size as an unplaced `Camera`, OpenCV distortion) from
+    the device's factory calibration (`aimg.calib.intrinsics.factory_records`)."""
+    from aimg.calib.calibration_file import now_iso
+    from aimg.calib.intrinsics import factory_records
+
+    records = factory_records(rig, now_iso())
+    missing = sorted(set(rig.view_names) - set(records))
+    if missing:
+        raise ValueError(f"cameras {missing} report no intrinsics: are they connected?")
+    return {
+        name: (Camera(r.K, np.eye(4), r.width, r.height), r.distortion)
+        for name, r in records.items()
+    }

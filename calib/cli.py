@@ -57,6 +57,11 @@ def handeye(
     method: str = typer.Option("park", help="tsai, park, horaud, andreff, daniilidis, shah, li."),
     refine: bool = typer.Option(True, help="Joint reprojection refinement after the solver."),
     poses_per_camera: int = typer.Option(14, min=4, help="Aimed poses per camera."),
+    intrinsics: Path = typer.Option(
+        None,
+        help="Real cell: an `aimg calib intrinsics` file to use instead of the cameras' "
+        "factory intrinsics.",
+    ),
 ) -> None:
     """Move the board (on the gripper) through a scripted motion, solve camera-to-base poses,
     write the file, reference images and an overlay per camera; prints a JSON residual report.
@@ -73,7 +78,7 @@ def handeye(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if config is not None:
-        _handeye_cell(_cell(config), out, settings, poses_per_camera, seed)
+        _handeye_cell(_cell(config), out, settings, poses_per_camera, seed, intrinsics)
         return
     from aimg.calib.session import calibrate_sim
     from aimg.calib.sim import SimCalibrationCell
@@ -109,7 +114,32 @@ def _bars(progress: Progress):
     return on_progress
 
 
-def _handeye_cell(cell, out: Path | None, settings, poses_per_camera: int, seed: int) -> None:
+def _file_intrinsics(path: Path, names: list[str]) -> dict:
+    """(unplaced Camera, distortion) per camera from an `aimg calib intrinsics` file."""
+    import numpy as np
+
+    from aimg.calib.intrinsics import read_intrinsics
+    from aimg.geometry import Camera
+
+    records = read_intrinsics(path)
+    missing = sorted(set(names) - set(records))
+    if missing:
+        raise typer.BadParameter(
+            f"{path} has no intrinsics for cameras {missing}: run `aimg calib intrinsics` for "
+            "them, or leave --intrinsics out to use the factory ones"
+        )
+    return {
+        name: (
+            Camera(records[name].K, np.eye(4), records[name].width, records[name].height),
+            records[name].distortion,
+        )
+        for name in names
+    }
+
+
+def _handeye_cell(
+    cell, out: Path | None, settings, poses_per_camera: int, seed: int, intrinsics: Path | None
+) -> None:
     """`calib handeye --config`: the real cell's arm and cameras through their drivers."""
     from aimg.calib.calibration_file import CalibrationFileError
     from aimg.calib.cell_devices import open_cell
@@ -132,8 +162,11 @@ def _handeye_cell(cell, out: Path | None, settings, poses_per_camera: int, seed:
                 poses_per_camera=poses_per_camera,
                 seed=seed,
             )
+            known = (
+                _file_intrinsics(intrinsics, list(devices.rig.view_names)) if intrinsics else None
+            )
             result, _, skipped = calibrate_cell(
-                devices, out, motion, settings, on_progress=_bars(progress)
+                devices, out, motion, settings, known, on_progress=_bars(progress)
             )
     except (CalibrationError, CalibrationFileError, ValueError, RuntimeError) as exc:
         typer.echo(f"calibration failed: {exc}", err=True)
@@ -337,3 +370,8 @@ def study(
 from aimg.calib.intrinsics_cli import intrinsics as _intrinsics  # noqa: E402
 
 app.command(name="intrinsics")(_intrinsics)
+
+
+from aimg.calib.latency_cli import latency as _latency  # noqa: E402
+
+app.command(name="latency")(_latency)

@@ -327,12 +327,9 @@ def load_reference(calibration: CalibrationFile, name: str) -> np.ndarray:
 def save_reference(calibration_path: Path, name: str, image: np.ndarray) -> str:
     """Write camera `name`'s reference PNG (RGB or `build_reference`'s RGBA) beside the
     calibration file; returns its relative name for `scene_reference`."""
-    from PIL import Image
+    from aimg.atomic_files import write_png_atomic
 
     calibration_path = Path(calibration_path)
     relative = f"{calibration_path.stem}.{name}.scene.png"
-    target = calibration_path.parent / relative
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(tmp)
-    tmp.replace(target)
+    write_png_atomic(calibration_path.parent / relative, image)
     return relative

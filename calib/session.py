@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aimg.atomic_files import write_png_atomic
 from aimg.calib.board import BoardSpec
 from aimg.calib.calibration_file import (
     CalibrationFile,
@@ -35,14 +36,6 @@ if TYPE_CHECKING:
     from aimg.geometry import Camera
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(tmp)
-    tmp.replace(path)
-
-
 def save_result(
     result: HandEyeResult,
     out: Path,
@@ -63,7 +56,7 @@ def save_result(
         for k, index in enumerate(sol.reference_indices):
             view = result.views[index]
             image_name = f"{out.stem}.{name}.reference{k}.png"
-            save_png(out.parent / image_name, view.images[name])
+            write_png_atomic(out.parent / image_name, view.images[name])
             references.append(ReferenceFrame(image_name, view.tool_pose, view.detections[name]))
         view = result.views[sol.reference_indices[0]]
         board_pose = view.tool_pose @ result.tool_T_board
@@ -76,7 +69,7 @@ def save_result(
             board_corners_base=object_points @ board_pose[:3, :3].T + board_pose[:3, 3],
             detection=view.detections[name],
         )
-        save_png(out.parent / f"{out.stem}.{name}.overlay.png", overlay)
+        write_png_atomic(out.parent / f"{out.stem}.{name}.overlay.png", overlay)
         records[name] = CameraCalibration(
             name=name,
             serial=(serials or {}).get(name, name),
