@@ -334,11 +334,14 @@ class Controller:
     def _start_servo(self) -> None:
         from aimg.runtime.servo import ServoProcess
 
+        latency = self.calibration.latency if self.calibration is not None else None
         self.servo = ServoProcess(
             self._arm_factory,
             self.limits,
             rate_hz=self.config.rates.servo_hz,
             blend_s=self.config.scheduler.blend_s,
+            # the arm's measured command -> motion delay (`aimg calib latency`) is led away
+            command_lead_s=latency.arm_s if latency is not None else 0.0,
         ).start()
         if self.poses is not None:
             self.poses.servo = self.servo
@@ -386,6 +389,8 @@ class Controller:
             "summary": "checked before every task",
             "file": str(self.config.calibration),
         }
+        if self.calibration.latency is not None:
+            self._calibration_status["latency"] = self.calibration.latency.to_dict()
 
     def check_calibration(self) -> dict[str, Any]:
         """Compare every camera's newest frame with its static-scene reference; raise 409
@@ -419,6 +424,8 @@ class Controller:
             "check_s": round(time.monotonic() - t0, 3),
             "file": str(self.config.calibration),
         }
+        if self.calibration.latency is not None:
+            status["latency"] = self.calibration.latency.to_dict()
         self._calibration_status = status
         self.events.publish("calibration", status)
         if not report.ok:
@@ -426,6 +433,10 @@ class Controller:
             log_event(log, logging.WARNING, "calibration check failed", summary=report.summary())
             raise ControllerError(409, self.last_error)
         return status
+
+    def _camera_latency(self) -> dict[str, float]:
+        latency = self.calibration.latency if self.calibration is not None else None
+        return dict(latency.camera_s) if latency is not None else {}
 
     def knock_camera(
         self, name: str, translation_m: list[float], rotation_deg: list[float]
@@ -770,7 +781,12 @@ class Controller:
                 self.camera,
                 _GatedServo(self, task),
                 task.instruction,
-                SchedulerConfig(join=cfg.join, blend_s=cfg.blend_s, ensemble_s=cfg.ensemble_s),
+                SchedulerConfig(
+                    join=cfg.join,
+                    blend_s=cfg.blend_s,
+                    ensemble_s=cfg.ensemble_s,
+                    camera_latency_s=self._camera_latency(),
+                ),
                 seed=self._task_count * 1000,
                 poses=self.poses,
             )

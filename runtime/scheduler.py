@@ -38,7 +38,8 @@ class SchedulerConfig:
     """How plans are joined and when frames are too old to plan from.
 
     join: "blend" or "inpaint" (see the module docstring); blend_s: blend duration;
-    latency_margin_s: extra time allowed for the plan to reach the servo loop; max_frame_age_s:
+    latency_margin_s: extra time allowed for the plan to reach the servo loop; camera_latency_s:
+    measured camera latencies (see the field); max_frame_age_s:
     frames older than this are not planned from (the servo's watchdog holds the arm);
     open_loop: plan once per episode and execute it (the reference's mode);
     measure_first_command: after each submit, wait (<= 50 ms) for the servo loop's first
@@ -59,6 +60,10 @@ class SchedulerConfig:
     measure_first_command: bool = False
     fixed_noise: bool = False
     ensemble_s: float = 4.0
+    #: per view, exposure -> host receipt (s), as `aimg calib latency` measured it: a frame
+    #: shows the arm where it was this long before it arrived, so the plan is conditioned on
+    #: the pose at that instant
+    camera_latency_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,7 +233,11 @@ class Scheduler:
                 "the planner stopped (check the camera clock / USB link, then reset)"
             )
             return None
-        observation_ns = min(frames.host_timestamps_ns.values())
+        delays = self.config.camera_latency_s
+        observation_ns = min(
+            int(stamp - delays.get(name, 0.0) * 1e9)
+            for name, stamp in frames.host_timestamps_ns.items()
+        )
         age_s = (time.monotonic_ns() - observation_ns) / 1e9
         if age_s > self.config.max_frame_age_s:
             return None

@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from aimg.runtime.scheduler import LatencyEstimate, PoseHistory, Scheduler, SchedulerConfig
 from aimg.runtime.trajectory import Trajectory
@@ -61,3 +62,36 @@ def test_the_pose_history_interpolates_the_pose_at_capture_time():
     history.close()
     pose, gripper = history.at(25_000_000)  # between ticks 2 and 3
     assert abs(pose[0, 3] - 0.0025) < 1e-9 and gripper == 1.0
+
+
+def test_the_plan_is_conditioned_on_the_pose_at_exposure_not_at_receipt():
+    """With measured camera latencies, the pose looked up is the one the frames show: each
+    view's host receipt time less its latency, the earliest of them."""
+    from aimg.robot.interfaces import RigFrames
+
+    now = time.monotonic_ns()
+    frames = RigFrames(
+        images={"left": np.zeros((4, 4, 3), np.uint8), "right": np.zeros((4, 4, 3), np.uint8)},
+        device_timestamps_ns={"left": 0, "right": 0},
+        host_timestamps_ns={"left": now, "right": now - 10_000_000},
+        extras={"frame_counter": np.array(7)},
+    )
+    asked: list[int] = []
+
+    class Poses:
+        def at(self, t_ns):
+            asked.append(t_ns)
+            return np.eye(4), 1.0
+
+    class Planner:
+        def plan(self, images, cameras, tool_pose, observation_ns, *args, **kwargs):
+            asked.append(observation_ns)
+            raise StopIteration  # the lookup is what is under test
+
+    cameras = SimpleNamespace(cameras={}, wait_newer=lambda *_: frames)
+    config = SchedulerConfig(join="blend", camera_latency_s={"left": 0.05, "right": 0.02})
+    scheduler = Scheduler(Planner(), cameras, None, "", config, poses=Poses())
+    with pytest.raises(StopIteration):
+        scheduler.step()
+    expected = min(now - 50_000_000, now - 10_000_000 - 20_000_000)
+    assert asked == [expected, expected]
