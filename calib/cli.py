@@ -315,6 +315,43 @@ app.command()(show)
 
 
 @app.command()
+def board(
+    out: Path = typer.Option(Path("charuco-board.png"), help="Picture to print (PNG)."),
+    dpi: int = typer.Option(300, min=72, max=1200, help="Printer resolution (dots per inch)."),
+) -> None:
+    """The ChArUco board `calib handeye` looks for, as a PNG that prints at its true size (7 x 5
+    squares of 35 mm, 245 x 175 mm plus a white margin) at --dpi. Print at 100 % (no "fit to
+    page"), then measure one square: it must be 35.0 mm, or the calibration's scale is off."""
+    from PIL import Image
+
+    from aimg.calib.board import BoardSpec
+
+    spec = BoardSpec()
+    pixels_per_square = round(spec.square_m / 0.0254 * dpi)
+    image = spec.texture(pixels_per_square=pixels_per_square, margin_squares=0.5)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out, dpi=(dpi, dpi))
+    size_mm = [round(v * 25.4 / dpi, 1) for v in image.shape[1::-1]]
+    typer.echo(
+        json.dumps(
+            {"picture": str(out), "dpi": dpi, "size_mm": size_mm, "square_mm": spec.square_m * 1e3}
+        )
+    )
+
+
+@app.command(name="scene-study")
+def scene_study(
+    size: int = typer.Option(128, min=32, max=640, help="Square image size of the cameras (px)."),
+    views: int = typer.Option(4, min=1, max=4, help="Sim cameras: left, right, front, top."),
+) -> None:
+    """The daemon's scene drift check on the simulated cell: every camera still and knocked by
+    1 cm / 1 deg in new scenes; prints JSON: view shift ranges and right verdicts per case."""
+    from aimg.calib.scene_drift import sim_scene_study
+
+    typer.echo(json.dumps({"size": size, "cameras": sim_scene_study(size, views)}))
+
+
+@app.command()
 def study(
     cells: int = typer.Option(10, min=1, help="Randomised simulated cells to calibrate."),
     seed: int = typer.Option(0, help="First cell seed; cell i uses seed + i."),

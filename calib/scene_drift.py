@@ -333,3 +333,63 @@ def save_reference(calibration_path: Path, name: str, image: np.ndarray) -> str:
     relative = f"{calibration_path.stem}.{name}.scene.png"
     write_png_atomic(calibration_path.parent / relative, image)
     return relative
+
+
+def sim_scene_study(
+    size: int = 128,
+    views: int = 4,
+    reference_seeds: tuple[int, ...] = (100, 105, 106, 107),
+    test_seeds: tuple[int, ...] = (201, 202, 203, 204, 205),
+    thresholds: SceneDriftThresholds | None = None,
+) -> dict[str, dict]:
+    """The scene check on the simulated cell's cameras: references from `reference_seeds`'
+    scenes, then each camera still and knocked by 1 cm along base x, y, z and 1 deg about its
+    own axes in every scene of `test_seeds`. Per camera and case: view shift range (deg) and
+    how many verdicts were right (still: passed; knocked: refused)."""
+    from aimg.robot.sim.cameras import default_camera_specs, knocked_camera
+    from aimg.robot.sim.supervisor import SimSupervisor
+    from aimg.robot.sim.world import SimWorld
+
+    zero = (0.0, 0.0, 0.0)
+    cases: dict[str, list] = {"still": [(zero, zero)], "1 cm": [], "1 deg": []}
+    for axis in np.eye(3):
+        cases["1 cm"].append((tuple(0.01 * axis), zero))
+        cases["1 deg"].append((zero, tuple(math.radians(1.0) * axis)))
+    world = SimWorld(seed=0)
+    try:
+        supervisor = SimSupervisor(world)
+        cameras = {s.name: s.camera(size, size) for s in default_camera_specs(views)}
+        frames: dict[str, list[np.ndarray]] = {name: [] for name in cameras}
+        for seed in reference_seeds:
+            supervisor.start_episode("pick", seed)
+            for name, camera in cameras.items():
+                frames[name].append(world.render(camera)[0])
+        references = {name: build_reference(f) for name, f in frames.items()}
+        found: dict[str, dict[str, list]] = {n: {c: [] for c in cases} for n in cameras}
+        for k, seed in enumerate(test_seeds):
+            supervisor.start_episode("reach" if k % 2 else "pick", seed)
+            for name, camera in cameras.items():
+                for case, knocks in cases.items():
+                    for knock in knocks:
+                        image = world.render(knocked_camera(camera, knock))[0]
+                        verdict = assess_scene(
+                            name, references[name], image, camera.K[0, 0], thresholds
+                        )
+                        right = verdict.ok if case == "still" else not verdict.ok
+                        found[name][case].append((verdict.view_shift_deg, right))
+    finally:
+        world.close()
+    return {
+        name: {
+            case: {
+                "view_shift_deg": [
+                    round(min(v for v, _ in got), 3),
+                    round(max(v for v, _ in got), 3),
+                ],
+                "right": sum(r for _, r in got),
+                "of": len(got),
+            }
+            for case, got in per_case.items()
+        }
+        for name, per_case in found.items()
+    }

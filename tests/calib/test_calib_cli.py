@@ -83,3 +83,34 @@ def test_handeye_sim_writes_the_file_and_prints_residuals(tmp_path):
     assert report["out"] == str(out) and out.is_file()
     assert (tmp_path / "one.cam0.overlay.png").is_file()
     assert report["cameras"]["cam0"]["validation"]["rms_px"] < 1.0
+
+
+def test_board_prints_at_true_size_and_is_detected(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from aimg.calib.board import BoardDetector, BoardSpec
+
+    out = tmp_path / "board.png"
+    result = runner.invoke(app, ["board", "--out", str(out), "--dpi", "150"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    with Image.open(out) as image:
+        assert abs(image.info["dpi"][0] - 150) < 0.1  # PNG stores dots per metre
+        width_px = image.size[0]
+        pixels = np.asarray(image.convert("RGB").resize((700, 500)))
+    # 7 squares of 35 mm plus half a square of margin each side
+    assert abs(width_px / 150 * 25.4 - 8 * 35.0) < 1.0
+    assert abs(report["size_mm"][0] - 8 * 35.0) < 1.0
+    assert len(BoardDetector(BoardSpec()).detect(pixels)) == BoardSpec().num_corners
+
+
+def test_scene_study_reports_every_case_right_for_the_models_cameras():
+    result = runner.invoke(app, ["scene-study", "--size", "64", "--views", "2"])
+    assert result.exit_code == 0, result.output
+    cameras = json.loads(result.output.splitlines()[-1])["cameras"]
+    for name in ("left", "right"):
+        for case, got in cameras[name].items():
+            assert got["right"] == got["of"], (name, case, got)
+        assert cameras[name]["still"]["view_shift_deg"][1] < 0.1
+        assert cameras[name]["1 cm"]["view_shift_deg"][0] > 0.3

@@ -4,11 +4,12 @@ cell takes tasks again. A real daemon (subprocess, HTTP), its sim cell and the b
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 import yaml
-from daemon_fixtures import CHEAP_CELL, REPO_ROOT, run_daemon
+from daemon_fixtures import CHEAP_CELL, REPO_ROOT, START_TIMEOUT_S, run_daemon
 from typer.testing import CliRunner
 
 from aimg.calib.cli import app as calib_app
@@ -77,3 +78,21 @@ def test_a_knocked_camera_refuses_the_task_and_is_named(tmp_path):
         assert daemon.post("/sim/cameras/nope/knock", {}).status_code == 404
         bad = daemon.post("/sim/cameras/left/knock", {"rotation_deg": [90, 0, 0]})
         assert bad.status_code == 422
+
+
+def test_a_calibration_without_scene_references_stops_the_daemon_at_start(tmp_path):
+    """The check would silently not run: the daemon says so and exits, unless it is off."""
+    from aimg.calib.calibration_file import read_calibration, write_calibration
+    from aimg.runtime.daemon_bench import spawn_daemon, wait_healthy
+
+    calibration = _reference(tmp_path)
+    bare = read_calibration(calibration)
+    records = {n: dataclasses.replace(r, scene_reference=None) for n, r in bare.records.items()}
+    write_calibration(calibration, dataclasses.replace(bare, records=records))
+    config = REPO_ROOT / "configs" / "cell-sim.yaml"
+    overrides = {**CHEAP_CELL, "calibration": str(calibration)}
+    process, url, log_path = spawn_daemon(config, tmp_path / "d", "t" * 24, overrides)
+    with pytest.raises(RuntimeError, match="no static-scene reference") as failed:
+        wait_healthy(process, url, log_path, START_TIMEOUT_S)
+    assert "aimg calib reference" in str(failed.value)
+    assert process.wait(30) == 1
