@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from aimg.calib.calibration_file import CalibrationFile, read_calibration
 from aimg.calib.handeye import Wait, move_to, real_time_wait
 from aimg.geometry import Camera, pose_to_matrix
 from aimg.robot.interfaces import Arm, CameraRig
-from aimg.runtime.cell_config import CellConfig
+
+if TYPE_CHECKING:
+    from aimg.runtime.cell_config import CellConfig
 
 
 @dataclass

@@ -7,6 +7,7 @@ OpenGL matrices), `devices` (`SimArm`, `SimCameraRig` on one shared world), `tas
 (contact sheets), `verify` (reported poses vs rendered pixels), `supervisor` (episode start,
 success and render snapshots, served beside the arm) and `mirror` (a camera rig that renders a
 snapshot-synchronised copy of the world in its own process, so camera reads never stall the
-arm; `make_sim_cell`). PyBullet is imported lazily
-(the `sim` extra). May import the core and `aimg.robot.interfaces`.
+arm; `make_sim_cell`), `charuco` (a calibration board carried by the gripper, random camera
+placements) and `latency` (an arm and cameras with known latencies, on the sim clock).
+PyBullet is imported lazily (the `sim` extra). May import the core and `aimg.robot.interfaces`.
 """
