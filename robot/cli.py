@@ -14,6 +14,16 @@ app = typer.Typer(
 )
 
 
+def _calibrated_cameras(path: Path) -> dict:
+    """The cameras of a calibration file (its one reader, `aimg.calib.calibration_file`)."""
+    from aimg.calib.calibration_file import CalibrationFileError, read_calibration
+
+    try:
+        return read_calibration(path).cameras()
+    except CalibrationFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--calibration") from exc
+
+
 @app.command()
 def collect(
     task: str = typer.Option("reach", help="Task: reach or pick."),
@@ -24,13 +34,21 @@ def collect(
     fps: float = typer.Option(10.0, help="Recorded frames per second (divides 60)."),
     seed: int = typer.Option(0, help="Collection seed; episode i uses a seed derived from it."),
     workers: int = typer.Option(1, min=1, help="Worker processes."),
+    calibration: Path = typer.Option(
+        None,
+        help="Place the cameras as this calibration file says (e.g. a real cell's) instead of "
+        "the standard placements; --views is then the file's cameras.",
+    ),
 ) -> None:
     """Roll out the scripted expert and write episodes; re-running continues where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from aimg.robot.sim.collect import RolloutSettings, collect, missing_indices
 
-    settings = RolloutSettings(task=task, views=views, height=size, width=size, fps=fps)
+    cameras = _calibrated_cameras(calibration) if calibration is not None else None
+    settings = RolloutSettings(
+        task=task, views=views, height=size, width=size, fps=fps, cameras=cameras
+    )
     todo = len(missing_indices(out, episodes))
     start = time.monotonic()
     with Progress(

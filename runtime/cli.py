@@ -123,6 +123,11 @@ def run(
         "same start states and print success and plan latency side by side.",
     ),
     out: Path = typer.Option(None, help="Also write the JSON report here."),
+    calibration: Path = typer.Option(
+        None,
+        help="Place the sim cameras as this calibration file says (e.g. a rig moved from the "
+        "one the model was trained on; name the cameras as the model's views).",
+    ),
 ) -> None:
     """Run the closed loop: cameras -> policy -> scheduler -> safety -> servo -> arm.
 
@@ -158,7 +163,17 @@ def run(
         except (ConfigError, ValueError, TypeError) as exc:
             typer.echo(f"error: {limits}: {exc}", err=True)
             raise typer.Exit(2) from exc
+    cameras = None
+    if calibration is not None:
+        from aimg.calib.calibration_file import CalibrationFileError, read_calibration
+
+        try:
+            cameras = read_calibration(calibration).cameras()
+        except CalibrationFileError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
     settings = RunSettings(
+        cameras=cameras,
         limits=limit_values,
         task=task,
         episodes=episodes,

@@ -54,6 +54,8 @@ class RunSettings:
     fixed_noise: bool = False
     ensemble_s: float = 4.0
     arm: Literal["sim", "xarm-sdk"] = "sim"
+    #: where the cameras stand (a calibration file's) instead of the standard placements
+    cameras: dict[str, Any] | None = None
 
 
 EPISODE_SECONDS = {"reach": 7.0, "pick": 12.0}
@@ -176,13 +178,20 @@ def run_sim(
         from aimg.robot.xarm.emulator import make_xarm_sim_cell, xarm_config_for_cell
         from aimg.runtime.servo import connect_xarm
 
+        if settings.cameras is not None:
+            raise ValueError("--calibration places cameras with the sim arm only (not xarm-sdk)")
         cell, host = make_xarm_sim_cell(
             views=settings.views, height=settings.size, width=settings.size
         )
         emulator = RemoteDevice(cell.channel, "xarm_emulator")
         arm_factory = functools.partial(connect_xarm, xarm_config_for_cell(host))
     else:
-        cell = make_sim_cell(views=settings.views, height=settings.size, width=settings.size)
+        cell = make_sim_cell(
+            views=settings.views,
+            height=settings.size,
+            width=settings.size,
+            cameras=settings.cameras,
+        )
         arm_factory = functools.partial(connect_remote_arm, cell.address)
     supervisor = cell.supervisor()
     emulator_gaps_ms: list[float] = []

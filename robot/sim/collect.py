@@ -8,7 +8,7 @@ would have written.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +32,26 @@ FINAL_HOLD_S = 0.4
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    """What an episode records: `views` cameras at `height` x `width`, `fps` frames per second."""
+    """What an episode records: `views` cameras at `height` x `width`, `fps` frames per second.
+
+    `cameras`: where the cameras stand instead of the standard placements (name -> `Camera`,
+    e.g. a calibration file's, to collect with a real cell's rig); each is centre-cropped and
+    resized to `height` x `width`, as the policy's inputs are.
+    """
 
     task: str = "reach"
     views: int = 2
     height: int = 128
     width: int = 128
     fps: float = 10.0
+    cameras: Mapping[str, Camera] | None = None
+
+    def rig(self) -> dict[str, Camera]:
+        """The recorded cameras at the recorded size."""
+        if self.cameras is not None:
+            return {n: c.resized(self.height, self.width) for n, c in self.cameras.items()}
+        specs = default_camera_specs(self.views)
+        return {spec.name: spec.camera(self.height, self.width) for spec in specs}
 
 
 def episode_seed(base_seed: int, index: int) -> int:
@@ -66,8 +79,7 @@ def run_episode(
     world.reset_arm(top_down_pose(np.array(scene.start_position), scene.start_yaw), gripper=1.0)
     world.advance(SETTLE_S)
 
-    specs = default_camera_specs(settings.views)
-    cameras = {spec.name: spec.camera(settings.height, settings.width) for spec in specs}
+    cameras = settings.rig()
     plan = task.plan(scene)
     physics_hz = world.config.physics_hz
     decimation = world.config.control_decimation
@@ -160,7 +172,7 @@ def collect(
     if episodes < 0 or workers < 1:
         raise ValueError(f"need episodes >= 0 and workers >= 1, got {episodes} and {workers}")
     get_task(settings.task)
-    default_camera_specs(settings.views)
+    settings.rig()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(root)

@@ -21,7 +21,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aimg.geometry import Camera
 from aimg.robot.interfaces import CameraRig, RigFrames
@@ -44,7 +44,9 @@ class MirroredSimCameraRig(CameraRig):
 
     `server`: a `ServerAddress` (the rig opens and closes its own channel: use this in another
     process) or an open `Channel` (borrowed, left open). `supervisor` names the
-    `SimSupervisor` device there. Timestamps: device = the snapshot's simulated time, host =
+    `SimSupervisor` device there. `cameras`: where the cameras stand (e.g. a calibration
+    file's, centre-cropped and resized to `height` x `width`) instead of the first `views`
+    standard placements. Timestamps: device = the snapshot's simulated time, host =
     `time.monotonic_ns()` when the snapshot arrived.
     """
 
@@ -56,14 +58,18 @@ class MirroredSimCameraRig(CameraRig):
         width: int = 128,
         specs: Sequence[CameraSpec] | None = None,
         supervisor: str = "supervisor",
+        cameras: Mapping[str, Camera] | None = None,
     ) -> None:
         self._server = server
         self._device = supervisor
-        specs = tuple(specs) if specs is not None else default_camera_specs(views)
-        names = [spec.name for spec in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"camera names must be unique, got {names}")
-        self._cameras = {spec.name: spec.camera(height, width) for spec in specs}
+        if cameras is not None:  # placed as a calibration says, at the rendered size
+            self._cameras = {name: cam.resized(height, width) for name, cam in cameras.items()}
+        else:
+            specs = tuple(specs) if specs is not None else default_camera_specs(views)
+            names = [spec.name for spec in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"camera names must be unique, got {names}")
+            self._cameras = {spec.name: spec.camera(height, width) for spec in specs}
         self._channel: Channel | None = None
         self._supervisor: RemoteSupervisor | None = None
         self._world: SimWorld | None = None
@@ -203,11 +209,19 @@ class SimCell:
     processes open their own channels. Build a rig in any process with `rig_factory()()`.
     """
 
-    def __init__(self, channel: Channel, views: int, height: int, width: int) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        views: int,
+        height: int,
+        width: int,
+        cameras: Mapping[str, Camera] | None = None,
+    ) -> None:
         if channel.address is None:
             raise ValueError("a SimCell needs a listening server: spawn_server(..., listen=True)")
         self.channel = channel
         self.views, self.height, self.width = views, height, width
+        self.cameras = dict(cameras) if cameras is not None else None
 
     @property
     def address(self) -> ServerAddress:
@@ -223,7 +237,12 @@ class SimCell:
     def rig_factory(self) -> functools.partial[MirroredSimCameraRig]:
         """A picklable factory of the mirrored rig, for a camera process."""
         return functools.partial(
-            MirroredSimCameraRig, self.address, self.views, self.height, self.width
+            MirroredSimCameraRig,
+            self.address,
+            self.views,
+            self.height,
+            self.width,
+            cameras=self.cameras,
         )
 
     def close(self) -> None:
@@ -244,8 +263,10 @@ def make_sim_cell(
     real_time: bool = True,
     config: CellConfig | None = None,
     rig_views: int = 0,
+    cameras: Mapping[str, Camera] | None = None,
 ) -> SimCell:
-    """Spawn the physics server (arm + supervisor, real time, listening for more channels)."""
+    """Spawn the physics server (arm + supervisor, real time, listening for more channels);
+    `cameras` places the rig's cameras (see `MirroredSimCameraRig`)."""
     factory = functools.partial(
         make_physics_devices,
         real_time=real_time,
@@ -255,4 +276,4 @@ def make_sim_cell(
         width=width,
         config=config,
     )
-    return SimCell(spawn_server(factory, listen=True), views, height, width)
+    return SimCell(spawn_server(factory, listen=True), views, height, width, cameras)

@@ -120,3 +120,40 @@ def test_parallel_collection_writes_the_same_episodes(collected, tmp_path):
         np.testing.assert_array_equal(
             read_episode(tmp_path / name).frames("left"), read_episode(root / name).frames("left")
         )
+
+
+def test_collect_places_the_cameras_as_a_calibration_file_says(tmp_path, world):
+    """A rig moved from the standard one (here 640x480 cameras, 4 cm and 2 deg off): the
+    episodes carry the file's cameras, cropped and resized to the recorded size, and the
+    codec still lands the rendered TCP on the recorded pose through them."""
+    from aimg.calib.calibration_file import CalibrationFile, CameraCalibration, write_calibration
+    from aimg.robot.sim.cameras import default_camera_specs, knocked_camera
+
+    records = {}
+    for spec in default_camera_specs(2):
+        moved = knocked_camera(spec.camera(480, 640), ((0.04, -0.03, 0.02), (0.0, 0.035, 0.0)))
+        records[spec.name] = CameraCalibration(
+            spec.name, spec.name, moved.K, np.zeros(5), moved.c2w, 640, 480, "2026-12-03", "test"
+        )
+    path = tmp_path / "moved.yaml"
+    write_calibration(path, CalibrationFile(records, source="test"))
+    out = tmp_path / "moved"
+    args = ["collect", "--task", "reach", "--episodes", "1", "--size", "64", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--calibration", str(path)])
+    assert result.exit_code == 0, result.output
+    episode = read_episode(out / "episode_000000")
+    for name, record in records.items():
+        camera = episode.camera(name)
+        assert (camera.width, camera.height) == (64, 64)
+        np.testing.assert_allclose(camera.c2w, record.c2w, atol=1e-9)
+        expected = record.camera().resized(64, 64)
+        np.testing.assert_allclose(camera.K, expected.K, atol=1e-9)
+    # the pixels agree with those cameras: the TCP renders where they project it
+    check = TcpProjectionCheck()
+    cameras = {name: record.camera() for name, record in records.items()}
+    settings = RolloutSettings(task="reach", height=64, width=64, cameras=cameras)
+    run_episode(world, settings, episode_seed(0, 0), on_frame=check)
+    assert check.errors_px and float(np.median(check.errors_px)) < 1.0
+    bad = CliRunner().invoke(app, [*args, "--calibration", str(tmp_path / "none.yaml")])
+    flat = "".join(bad.output.replace("│", "").split())  # the error box wraps anywhere
+    assert bad.exit_code != 0 and "doesnotexist" in flat and "none.yaml" in flat

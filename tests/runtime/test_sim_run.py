@@ -225,3 +225,30 @@ def test_a_killed_planner_process_stops_the_arm():
             planner.kill()
         assert np.linalg.norm(stopped - before) > 0.01  # it was moving when the planner died
         assert np.linalg.norm(later - stopped) < 2e-3  # and has stopped since
+
+
+def test_a_calibration_places_the_sim_cameras_and_the_planner_gets_them():
+    """`aimg run --sim --calibration`: the rig renders from the file's cameras (here moved 3 cm
+    and 2 deg from the standard ones) and the planner is handed exactly those."""
+    from aimg.robot.sim.cameras import default_camera_specs, knocked_camera
+
+    moved = {
+        spec.name: knocked_camera(spec.camera(128, 128), ((0.03, 0.0, 0.0), (0.0, 0.035, 0.0)))
+        for spec in default_camera_specs(2)
+    }
+    seen: list[dict] = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner, self.dt_s, self.spec = inner, inner.dt_s, inner.spec
+
+        def plan(self, images, cameras, *args, **kwargs):
+            seen.append(dict(cameras))
+            return self.inner.plan(images, cameras, *args, **kwargs)
+
+    report = _run("expert", cameras=moved, planner_wrapper=Spy)
+    assert report["success_rate"] == 1.0
+    assert seen
+    for name, camera in moved.items():
+        np.testing.assert_allclose(seen[0][name].c2w, camera.c2w, atol=1e-12)
+        np.testing.assert_allclose(seen[0][name].K, camera.K, atol=1e-12)
