@@ -393,6 +393,35 @@ def evaluate_guidance(
     typer.echo(json.dumps(result, indent=2))
 
 
+def evaluate_diagnose(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A step or run directory."),
+    data: list[Path] = typer.Option(..., "--data", help="Episodes whose start states to use."),
+    episodes: int = typer.Option(50, "--episodes", min=1, help="How many start states."),
+    samples: int = typer.Option(4, "--samples", min=2, help="Plans drawn per start state."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the full report (JSON)."),
+) -> None:
+    """Where the open-loop error comes from, per component: the codec's floor, each view's
+    placement of the TCP blob (px, mm), the 3D error along and across each camera's ray, the
+    views' disagreement, the sampler's bias and spread, and the cube the plan ends at. Run it
+    on training and on held-out start states: the gap is what the data costs. Prints JSON."""
+    import json
+
+    from aimg.training.diagnose import diagnose_checkpoint
+    from aimg.training.evaluate import EvaluationError
+
+    try:
+        report = diagnose_checkpoint(checkpoint, list(data), episodes, samples, device, 0, steps)
+    except (ConfigError, EvaluationError) as exc:
+        _fail(str(exc))
+        return
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(json.dumps(report["summary"], indent=2))
+
+
 eval_app = typer.Typer(
     invoke_without_command=True,
     help="Open-loop evaluation of a checkpoint (`aimg eval --checkpoint ... --data ...`), "
@@ -402,3 +431,4 @@ eval_app = typer.Typer(
 eval_app.callback()(evaluate)
 eval_app.command("distill")(evaluate_distill)
 eval_app.command("guidance")(evaluate_guidance)
+eval_app.command("diagnose")(evaluate_diagnose)

@@ -67,13 +67,67 @@ def decode(
     width the images were drawn at (`render`'s; the reference's 0.05 unless a model says so).
     """
     images, cameras = check_images_and_cameras(images, cameras)
+    num_frames = images.shape[0]
+    height, width = images.shape[2:4]
+    sigma = blob_sigma(height, width, sigma_fraction)
+    blobs, background, offset = _localise(images, detect_level, sigma)
+    uv = np.ascontiguousarray(blobs[..., :2])
+    weight = np.where(blobs[..., 4] == 1, 1.0, np.where(blobs[..., 4] == 2, 0.25, 0.0))
+    weight = weight * np.clip(blobs[..., 3], 0.0, 1.0)
+    K = np.stack([cam.K for cam in cameras])
+    c2w = np.stack([cam.c2w for cam in cameras])
+    pose = np.empty((num_frames, 4, 4))
+    stats = np.empty((num_frames, 3))
+    kernels.fit_poses(
+        uv, np.ascontiguousarray(weight), K, c2w, TOOL_POINTS, iterations, pose, stats
+    )
+
+    level = background[..., 2].mean(axis=1) - offset
+    gripper = (level > gripper_threshold).astype(np.float64)
+    solved = np.isfinite(pose[:, 0, 0])
+    euler = np.full((num_frames, 3), np.nan)
+    if solved.any():
+        euler[solved] = matrix_to_euler_xyz(pose[solved, :3, :3])
+    actions = np.concatenate([pose[:, :3, 3], euler, gripper[:, None]], axis=1)
+    points = pose[:, None, :3, 3] + np.einsum("tij,kj->tki", pose[:, :3, :3], TOOL_POINTS)
+    confidence = _pose_confidence(stats, sigma) * _gripper_margin(level, gripper_threshold)
+    multi_view = stats[:, 2] > 0
+    return DecodedActions(actions, points, confidence, stats[:, 0], level, multi_view)
+
+
+def locate_blobs(
+    images: np.ndarray,
+    *,
+    detect_level: float = 0.2,
+    sigma_fraction: float = SIGMA_FRACTION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each view draws each blob, before any 3D fit: pixel centres [T, V, 3, 2] (x, y
+    per channel: position, +x point, -z point; NaN where absent) and weights [T, V, 3] (1 fitted
+    freely, 0.25 cut by the border, 0 absent). For diagnosis: how well a generated image places
+    a point in one view, apart from how two views' placements combine."""
+    images = np.asarray(images)
+    if images.ndim != 5 or images.shape[-1] != 3:
+        raise ValueError(f"action images must be [T, V, H, W, 3], got {list(images.shape)}")
+    dtype = np.uint8 if images.dtype == np.uint8 else np.float32
+    images = np.ascontiguousarray(images, dtype=dtype)
+    sigma = blob_sigma(images.shape[2], images.shape[3], sigma_fraction)
+    blobs, _, _ = _localise(images, detect_level, sigma)
+    weight = np.where(blobs[..., 4] == 1, 1.0, np.where(blobs[..., 4] == 2, 0.25, 0.0))
+    uv = np.where(weight[..., None] > 0, blobs[..., :2], np.nan)
+    return uv, weight * np.clip(blobs[..., 3], 0.0, 1.0)
+
+
+def _localise(
+    images: np.ndarray, detect_level: float, sigma: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Blobs [T, V, 3, 5] (x, y, width, amplitude, state), background levels [T, V, 3] and the
+    uint8 offset, found on a coarse grid and fitted at full resolution."""
     num_frames, num_views, height, width = images.shape[:4]
     flat = images.reshape(num_frames * num_views, height, width, 3)
     if images.dtype == np.uint8:
         scale, offset = 1.0 / 255.0, 0.5 / 255.0  # undo the pipeline's truncation on average
     else:
         scale, offset = 1.0, 0.0
-    sigma = blob_sigma(height, width, sigma_fraction)
     stride = max(1, int(sigma / 3))
     fit_stride = max(1, int(sigma / 6))
     radius = int(np.ceil(2.2 * sigma))
@@ -104,29 +158,11 @@ def decode(
         measured = float(np.median(blobs[..., 2][free]))
         if abs(measured - sigma) > 0.01 * sigma:
             kernels.solve_blobs(moments, info, sigma, measured, blobs)
-    blobs = blobs.reshape(num_frames, num_views, 3, 5)
-    uv = np.ascontiguousarray(blobs[..., :2])
-    weight = np.where(blobs[..., 4] == 1, 1.0, np.where(blobs[..., 4] == 2, 0.25, 0.0))
-    weight = weight * np.clip(blobs[..., 3], 0.0, 1.0)
-    K = np.stack([cam.K for cam in cameras])
-    c2w = np.stack([cam.c2w for cam in cameras])
-    pose = np.empty((num_frames, 4, 4))
-    stats = np.empty((num_frames, 3))
-    kernels.fit_poses(
-        uv, np.ascontiguousarray(weight), K, c2w, TOOL_POINTS, iterations, pose, stats
+    return (
+        blobs.reshape(num_frames, num_views, 3, 5),
+        background.reshape(num_frames, num_views, 3),
+        offset,
     )
-
-    level = background.reshape(num_frames, num_views, 3)[..., 2].mean(axis=1) - offset
-    gripper = (level > gripper_threshold).astype(np.float64)
-    solved = np.isfinite(pose[:, 0, 0])
-    euler = np.full((num_frames, 3), np.nan)
-    if solved.any():
-        euler[solved] = matrix_to_euler_xyz(pose[solved, :3, :3])
-    actions = np.concatenate([pose[:, :3, 3], euler, gripper[:, None]], axis=1)
-    points = pose[:, None, :3, 3] + np.einsum("tij,kj->tki", pose[:, :3, :3], TOOL_POINTS)
-    confidence = _pose_confidence(stats, sigma) * _gripper_margin(level, gripper_threshold)
-    multi_view = stats[:, 2] > 0
-    return DecodedActions(actions, points, confidence, stats[:, 0], level, multi_view)
 
 
 def _pose_confidence(stats: np.ndarray, sigma: float) -> np.ndarray:

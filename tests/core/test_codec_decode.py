@@ -195,3 +195,20 @@ def test_non_camera_objects_are_rejected(scene):
     _, cameras, images = scene
     with pytest.raises(ValueError, match="expected aimg.geometry.Camera"):
         decode(images, [cameras[0], cameras[1].K])
+
+
+def test_located_blobs_sit_where_the_points_project(scene):
+    """`locate_blobs` gives each view's own placement of each point, before the 3D fit."""
+    from aimg.codec.decode import locate_blobs
+
+    actions, cameras, images = scene
+    uv, weight = locate_blobs(images)
+    assert uv.shape == (len(actions), len(cameras), 3, 2) and weight.shape == uv.shape[:3]
+    expected = project_actions(actions, cameras)[..., :6].reshape(len(actions), len(cameras), 3, 2)
+    seen = weight > 0.5
+    assert seen.mean() > 0.9
+    error = np.linalg.norm(uv[seen] - expected[seen], axis=-1)
+    assert np.median(error) < 0.3 and error.max() < 1.5
+    assert np.isnan(uv[weight == 0]).all()
+    with pytest.raises(ValueError, match=r"\[T, V, H, W, 3\]"):
+        locate_blobs(images[0])
