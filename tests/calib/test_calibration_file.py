@@ -127,3 +127,32 @@ def test_other_yaml_and_missing_files_say_what_to_do(tmp_path):
         read_calibration(other)
     with pytest.raises(CalibrationFileError, match="does not exist: run `aimg calib handeye"):
         read_calibration(tmp_path / "missing.yaml")
+
+
+def test_latency_and_scene_references_round_trip_and_bad_ones_are_named(tmp_path):
+    import dataclasses
+
+    from aimg.calib.calibration_file import Latency
+
+    original = make_calibration()
+    records = {
+        name: dataclasses.replace(r, scene_reference=f"cell.{name}.scene.png")
+        for name, r in original.records.items()
+    }
+    latency = Latency({"left": 0.031, "right": 0.029}, 0.074, "2026-12-03", "sim", {"frames": 90})
+    path = write_calibration(
+        tmp_path / "cell.yaml", dataclasses.replace(original, records=records, latency=latency)
+    )
+    loaded = read_calibration(path)
+    assert loaded.records["left"].scene_reference == "cell.left.scene.png"
+    assert loaded.resolve("cell.left.scene.png") == tmp_path / "cell.left.scene.png"
+    assert loaded.latency == latency
+    data = yaml.safe_load(path.read_text())
+    data["latency"]["camera_s"]["front"] = 0.03
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CalibrationFileError, match=r"names cameras \['front'\].*calib latency"):
+        read_calibration(path)
+    data["latency"] = {"camera_s": {"left": 5.0}, "arm_s": 0.1}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CalibrationFileError, match="latencies must be in"):
+        read_calibration(path)
