@@ -8,6 +8,7 @@ one checkpoint; its sub-commands `distill` (students against their teacher) and 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -47,6 +48,12 @@ def train(
         "machine, use the free cores on a quiet one).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm bar on rank 0."),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        help="Start from this checkpoint's weights (same architecture; a fresh optimiser and "
+        "schedule); overrides train.init_from.",
+    ),
 ) -> None:
     """Train a world action model with masked flow matching.
 
@@ -70,6 +77,10 @@ def train(
         preset = override(
             load_training_preset(config), run_dir, max_steps, data, device, cpu_threads
         )
+        if init_from is not None:
+            preset = dataclasses.replace(
+                preset, train=dataclasses.replace(preset.train, init_from=init_from)
+            )
         summary = run_training(preset, resume=resume, progress=progress)
     except (ConfigError, DatasetError, RunError, CheckpointError) as exc:
         _fail(str(exc))

@@ -131,6 +131,9 @@ class TrainConfig:
     activation_checkpointing: Literal["auto", "on", "off"] = "auto"
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
     cpu_threads: int = 1
+    #: start from these weights (a checkpoint directory with the same architecture, e.g. a
+    #: bundled model) with a fresh optimiser and schedule; `--resume` of a run ignores it
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
         positive = {

@@ -104,6 +104,32 @@ def checkpoint_saver(model_cfg: Any, sampling: Any, extra: dict[str, Any]) -> ck
     return save
 
 
+def init_weights(model: torch.nn.Module, mcfg: Any, source: Path) -> None:
+    """Copy a checkpoint's weights into `model`; the architecture must be the same (its
+    `model:` section, the name aside), so a mismatch is named instead of half-loading."""
+    import dataclasses
+
+    from aimg.model.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        loaded = load_checkpoint(source)
+    except (CheckpointError, OSError) as exc:
+        raise RunError(f"train.init_from {source}: {exc}") from exc
+    mine = dataclasses.replace(mcfg, name="")
+    theirs = dataclasses.replace(loaded.model_config, name="")
+    if mine != theirs:
+        diff = [
+            f.name
+            for f in dataclasses.fields(mine)
+            if getattr(mine, f.name) != getattr(theirs, f.name)
+        ]
+        raise RunError(
+            f"train.init_from {source}: its model differs from the preset's in {diff}; start "
+            "from a checkpoint of the same architecture"
+        )
+    model.load_state_dict(loaded.model.state_dict())
+
+
 def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = True) -> Trainer:
     """Dataset, model, codec, text encoder and objective for a preset, wired into a Trainer."""
     from aimg.model.build import build_latent_codec, build_model, build_text_encoder
@@ -115,6 +141,8 @@ def build_trainer(preset: TrainingPreset, ctx: DistContext, progress: bool = Tru
     )
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank (FSDP does not sync)
     model = build_model(mcfg)
+    if tcfg.init_from is not None:
+        init_weights(model, mcfg, tcfg.init_from)
     codec = build_latent_codec(mcfg).to(ctx.device)
     text = build_text_encoder(mcfg)
     if hasattr(text, "to"):

@@ -337,3 +337,23 @@ def test_ground_truth_action_images_score_as_successes(preset_path):
         truth = batch["poses"][0].numpy()
         result = score_episode(decoded.actions, truth, {}, threshold=0.03)
         assert result["success"] and result["final_error_m"] < 0.005
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(preset_path, tmp_path):
+    from aimg.training.evaluate import resolve_checkpoint
+
+    preset = load_training_preset(preset_path)
+    preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, max_steps=1))
+    run_training(preset, resume=False, progress=False)
+    source = resolve_checkpoint(tmp_path / "run")
+    weights = load_checkpoint(source).model.state_dict()
+    train = dataclasses.replace(
+        preset.train, run_dir=tmp_path / "again", init_from=source, seed=preset.train.seed + 1
+    )
+    trainer = build_trainer(dataclasses.replace(preset, train=train), CPU, progress=False)
+    started = trainer.model.state_dict()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(started[name], tensor)
+    other = dataclasses.replace(preset.model, blob_sigma=preset.model.blob_sigma * 2)
+    with pytest.raises(RunError, match=r"differs from the preset's in \['blob_sigma'\]"):
+        build_trainer(dataclasses.replace(preset, model=other, train=train), CPU, progress=False)
