@@ -12,9 +12,10 @@ Writes are atomic (temp file + rename).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -141,8 +142,7 @@ class CalibrationFile:
 
     def reference_image_paths(self, name: str) -> list[Path]:
         """Where camera `name`'s reference images are (beside the calibration file)."""
-        base = self.path.parent if self.path is not None else Path.cwd()
-        return [base / ref.image for ref in self.records[name].references]
+        return [self.resolve(ref.image) for ref in self.records[name].references]
 
     def resolve(self, relative: str) -> Path:
         """A path recorded in the file (reference images), relative to the file's folder."""
@@ -215,38 +215,51 @@ def _record_from_yaml(name: str, data: object) -> CameraCalibration:
     )
 
 
-def read_calibration(path: str | Path) -> CalibrationFile:
-    """Read and validate a calibration file; errors name the file, the camera and the key."""
-    path = Path(path)
+def read_camera_document(
+    path: Path,
+    fmt: str,
+    version: int,
+    redo: str,
+    parse_record: Callable[[str, object], Any],
+    error: type[Exception],
+) -> tuple[dict, dict[str, Any]]:
+    """The skeleton every per-camera YAML file of aimg shares (this one, `aimg calib
+    intrinsics`'): `format` and `version` checked, one record per camera under `cameras:`
+    parsed by `parse_record(name, entry)` (ValueError: what is wrong). Errors (`error`) name the
+    file, the camera and `redo`, the command that writes a good file. Returns the document and
+    the records."""
+    kind = fmt.removeprefix("aimg-")
     if not path.is_file():
-        raise CalibrationFileError(
-            f"calibration file {path} does not exist: run `aimg calib handeye --out {path}`"
-        )
+        raise error(f"{kind} file {path} does not exist: run `{redo} --out {path}`")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise CalibrationFileError(f"{path} is not valid YAML ({exc}); recalibrate") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CalibrationFileError(
-            f"{path} is not an aimg calibration file (no `format: {FORMAT}`)"
-        )
-    if data.get("version") != VERSION:
-        raise CalibrationFileError(
-            f"{path} has calibration format version {data.get('version')}; this aimg reads "
-            f"version {VERSION}: recalibrate with `aimg calib handeye`"
+        raise error(f"{path} is not valid YAML ({exc}); rerun `{redo}`") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path} is not an aimg {kind} file (no `format: {fmt}`)")
+    if data.get("version") != version:
+        raise error(
+            f"{path} has {kind} format version {data.get('version')}; this aimg reads "
+            f"version {version}: rerun `{redo}`"
         )
     cameras = data.get("cameras")
     if not isinstance(cameras, dict) or not cameras:
-        raise CalibrationFileError(f"{path} lists no cameras under `cameras:`")
+        raise error(f"{path} lists no cameras under `cameras:`")
     records = {}
     for name, entry in cameras.items():
         try:
-            records[str(name)] = _record_from_yaml(str(name), entry)
+            records[str(name)] = parse_record(str(name), entry)
         except ValueError as exc:
-            raise CalibrationFileError(
-                f"{path}: camera '{name}' {exc}; fix the entry or recalibrate with "
-                "`aimg calib handeye`"
-            ) from exc
+            raise error(f"{path}: camera '{name}' {exc}; fix the entry or rerun `{redo}`") from exc
+    return data, records
+
+
+def read_calibration(path: str | Path) -> CalibrationFile:
+    """Read and validate a calibration file; errors name the file, the camera and the key."""
+    path = Path(path)
+    data, records = read_camera_document(
+        path, FORMAT, VERSION, "aimg calib handeye", _record_from_yaml, CalibrationFileError
+    )
     try:
         board = BoardSpec.from_dict(data["board"]) if data.get("board") else None
         mount = _pose(data["tool_T_board"], "tool_T_board") if data.get("tool_T_board") else None

@@ -23,6 +23,7 @@ import yaml
 
 from aimg.atomic_files import write_bytes_atomic
 from aimg.calib.board import BoardDetector, BoardSpec, Detection
+from aimg.calib.calibration_file import read_camera_document
 from aimg.calib.handeye import CalibrationError, MotionSettings, facing_pose, move_to
 from aimg.geometry import Camera, rotvec_to_matrix
 from aimg.optional import require
@@ -540,33 +541,9 @@ def _record_from_yaml(name: str, data: object) -> IntrinsicsRecord:
 def read_intrinsics(path: str | Path) -> dict[str, IntrinsicsRecord]:
     """Camera name -> intrinsics from an `aimg calib intrinsics` file; errors name the file,
     the camera and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(
-            f"intrinsics file {path} does not exist: run `aimg calib intrinsics --out {path}`"
-        )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path} is not valid YAML ({exc}): recalibrate") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CalibrationError(f"{path} is not an aimg intrinsics file (no `format: {FORMAT}`)")
-    if data.get("version") != VERSION:
-        raise CalibrationError(
-            f"{path} has intrinsics format version {data.get('version')}; this aimg reads "
-            f"version {VERSION}: rerun `aimg calib intrinsics`"
-        )
-    cameras = data.get("cameras")
-    if not isinstance(cameras, dict) or not cameras:
-        raise CalibrationError(f"{path} lists no cameras under `cameras:`")
-    records = {}
-    for name, entry in cameras.items():
-        try:
-            records[str(name)] = _record_from_yaml(str(name), entry)
-        except ValueError as exc:
-            raise CalibrationError(
-                f"{path}: camera '{name}' {exc}; fix the entry or rerun `aimg calib intrinsics`"
-            ) from exc
+    _, records = read_camera_document(
+        Path(path), FORMAT, VERSION, "aimg calib intrinsics", _record_from_yaml, CalibrationError
+    )
     return records
 
 
