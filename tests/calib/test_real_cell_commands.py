@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +14,13 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from aimg.calib.calibration_file import (
-    CalibrationFile,
-    CameraCalibration,
-    read_calibration,
-    write_calibration,
-)
+from aimg.calib.calibration_file import read_calibration
 from aimg.calib.cli import app
 from aimg.robot.remote import RemoteDevice, spawn_server
-from aimg.robot.sim.cameras import default_camera_specs
 
 rs = pytest.importorskip("pyrealsense2")
 pytest.importorskip("xarm.wrapper")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "robot" / "realsense"))
-from rs_software import Feeder, SoftCamera, SoftwareSource  # noqa: E402
-
-from aimg.robot.realsense.recording import record  # noqa: E402
-from aimg.robot.realsense.rig import RealSenseCamera  # noqa: E402
+from recorded_cell import record_cameras, write_rig_calibration  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,20 +40,8 @@ def cell(tmp_path_factory):
     from aimg.robot.xarm.emulator import make_emulator_devices
 
     tmp = tmp_path_factory.mktemp("real-cell-calib")
-    cams = {
-        "front": SoftCamera("311111111111", 1, SIZE, SIZE, fx=70.0),
-        "side": SoftCamera("322222222222", 2, SIZE, SIZE, fx=70.0),
-    }
-    specs = [RealSenseCamera(name, cam.serial, SIZE, SIZE) for name, cam in cams.items()]
-    with Feeder(cams["front"]), Feeder(cams["side"]):
-        record(specs, tmp / "recording", 2.0, SoftwareSource(*cams.values()), stale_timeout_s=3.0)
-    records = {}
-    for (name, cam), spec in zip(cams.items(), default_camera_specs(2), strict=True):
-        camera = spec.camera(SIZE, SIZE)
-        records[name] = CameraCalibration(
-            name, cam.serial, camera.K, np.zeros(5), camera.c2w, SIZE, SIZE, "2026-12-03", "test"
-        )
-    write_calibration(tmp / "calibration.yaml", CalibrationFile(records, source="test"))
+    serials = record_cameras(tmp / "recording", SIZE)
+    write_rig_calibration(tmp / "calibration.yaml", serials, SIZE)
     channel = spawn_server(functools.partial(make_emulator_devices, host=None))
     emulator = RemoteDevice(channel, "emulator")
     config = tmp / "cell.yaml"

@@ -6,27 +6,18 @@ mapped controller error must reach the daemon's status as a safe stop, with code
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from daemon_fixtures import REPO_ROOT, START_TIMEOUT_S, TOKEN, Daemon
 
-from aimg.calib.calibration_file import CalibrationFile, CameraCalibration, write_calibration
 from aimg.robot.remote import RemoteDevice, spawn_server
-from aimg.robot.sim.cameras import default_camera_specs
 from aimg.robot.xarm.codes import MAPPED_ERROR_CODES, error_meaning
 from aimg.runtime.daemon_bench import spawn_daemon, wait_healthy
 
 rs = pytest.importorskip("pyrealsense2")
 pytest.importorskip("xarm.wrapper")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "robot" / "realsense"))
-from rs_software import Feeder, SoftCamera, SoftwareSource  # noqa: E402
-
-from aimg.robot.realsense.recording import record  # noqa: E402
-from aimg.robot.realsense.rig import RealSenseCamera  # noqa: E402
+from recorded_cell import record_cameras, write_rig_calibration  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,36 +29,13 @@ SIZE = 64
 ERROR_TIMEOUT_S = 30.0
 
 
-def _recorded_cameras(out: Path) -> dict[str, str]:
-    """Two software cameras ("front", "side"), 2 s recorded; returns name -> serial."""
-    cams = {
-        "front": SoftCamera("311111111111", 1, SIZE, SIZE, fx=70.0),
-        "side": SoftCamera("322222222222", 2, SIZE, SIZE, fx=70.0),
-    }
-    specs = [RealSenseCamera(name, cam.serial, SIZE, SIZE) for name, cam in cams.items()]
-    with Feeder(cams["front"]), Feeder(cams["side"]):
-        record(specs, out, 2.0, SoftwareSource(*cams.values()), stale_timeout_s=3.0)
-    return {name: cam.serial for name, cam in cams.items()}
-
-
-def _calibration(path: Path, serials: dict[str, str]) -> None:
-    """Where the recorded cameras stand: the sim rig's first two placements."""
-    records = {}
-    for (name, serial), spec in zip(serials.items(), default_camera_specs(2), strict=True):
-        camera = spec.camera(SIZE, SIZE)
-        records[name] = CameraCalibration(
-            name, serial, camera.K, np.zeros(5), camera.c2w, SIZE, SIZE, "2026-12-02", "test"
-        )
-    write_calibration(path, CalibrationFile(records, source="test"))
-
-
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
     from aimg.robot.xarm.emulator import make_emulator_devices
 
     tmp = tmp_path_factory.mktemp("real-cell")
-    serials = _recorded_cameras(tmp / "recording")
-    _calibration(tmp / "calibration.yaml", serials)
+    serials = record_cameras(tmp / "recording", SIZE)
+    write_rig_calibration(tmp / "calibration.yaml", serials, SIZE)
     channel = spawn_server(functools.partial(make_emulator_devices, host=None))
     emulator = RemoteDevice(channel, "emulator")
     config = tmp / "cell.yaml"
