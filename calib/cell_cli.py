@@ -14,7 +14,8 @@ import typer
 from aimg.calib.calibration_file import CalibrationFileError
 
 
-def _load(config: Path):
+def load_cell(config: Path):
+    """The validated cell config, its errors as the command's parameter errors."""
     from aimg.config import ConfigError
     from aimg.runtime.cell_config import load_cell_config
 
@@ -47,7 +48,7 @@ def reference(
     from aimg.calib.cell_devices import capture_scene_frames, open_cell, sim_exact_calibration
     from aimg.calib.scene_drift import assess_scene, build_reference, save_reference
 
-    cell = _load(config)
+    cell = load_cell(config)
     try:
         with open_cell(cell) as devices, Progress(transient=True) as progress:
             bar = progress.add_task("reference poses", total=poses)
@@ -102,7 +103,7 @@ def show(
     from aimg.calib.cell_devices import open_cell
     from aimg.calib.overlay import draw_overlay
 
-    cell = _load(config)
+    cell = load_cell(config)
     try:
         with open_cell(cell) as devices:
             cameras = devices.cameras()

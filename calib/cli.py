@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from aimg.calib.cell_cli import reference, show
+from aimg.calib.cell_cli import load_cell, reference, show
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -31,16 +31,6 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         transient=True,
     )
-
-
-def _cell(config: Path):
-    from aimg.config import ConfigError
-    from aimg.runtime.cell_config import load_cell_config
-
-    try:
-        return load_cell_config(config)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from exc
 
 
 @app.command()
@@ -78,7 +68,7 @@ def handeye(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if config is not None:
-        _handeye_cell(_cell(config), out, settings, poses_per_camera, seed, intrinsics)
+        _handeye_cell(load_cell(config), out, settings, poses_per_camera, seed, intrinsics)
         return
     from aimg.calib.session import calibrate_sim
     from aimg.calib.sim import SimCalibrationCell
@@ -215,7 +205,7 @@ def check(
         raise typer.BadParameter("give --sim (with --calibration), or --config CELL")
     if config is not None:
         report = _check_cell(
-            _cell(config), board, move_camera, move_mm, turn_deg, max_mm, max_deg, max_view_deg
+            load_cell(config), board, move_camera, move_mm, turn_deg, max_mm, max_deg, max_view_deg
         )
     else:
         if calibration is None:

@@ -14,9 +14,9 @@ import typer
 
 def _load_real_cell(config: Path) -> Any:
     """The validated cell config of a real cell that can be measured: an xArm with live cameras."""
-    from aimg.calib.cli import _cell
+    from aimg.calib.cell_cli import load_cell
 
-    cell = _cell(config)
+    cell = load_cell(config)
     devices = cell.devices
     if devices.kind != "xarm":
         raise typer.BadParameter(

@@ -24,7 +24,10 @@ def test_aimg_lists_the_calib_commands():
         text=True,
         check=True,
     ).stdout
-    for command in ("handeye", "check", "study"):
+    for command in (
+        "handeye", "check", "study", "intrinsics", "latency", "reference", "show", "board",
+        "scene-study",
+    ):  # fmt: skip
         assert command in out
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -234,16 +233,6 @@ def test_cli_sim_measures_scores_and_writes_the_calibration(tmp_path):
     latency = read_calibration(path).latency
     assert latency.camera_s == {"cam0": pytest.approx(0.04)}
     assert latency.arm_s == pytest.approx(report["estimate"]["arm"]["delay_ms"] / 1e3, abs=1e-5)
-
-
-def test_aimg_lists_the_latency_command():
-    out = subprocess.run(
-        [sys.executable, "-m", "aimg", "calib", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "latency" in out
 
 
 def test_cli_needs_sim_or_a_cell_config():
