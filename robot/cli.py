@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import typer
 
 app = typer.Typer(
@@ -81,6 +82,38 @@ def collect(
         "seconds": round(elapsed, 1),
     }
     typer.echo(json.dumps(summary))
+
+
+@app.command()
+def rig(
+    out: Path = typer.Option(..., help="Calibration file to write (YAML)."),
+    views: int = typer.Option(2, min=1, max=4, help="Cameras: left, right, front, top."),
+    size: int = typer.Option(128, min=16, help="Square image size in pixels."),
+    move_cm: float = typer.Option(0.0, min=0.0, help="Move every camera this far (cm)."),
+    turn_deg: float = typer.Option(0.0, min=0.0, help="Turn every camera this much (deg)."),
+    seed: int = typer.Option(0, help="Seed of the random directions of the moves and turns."),
+) -> None:
+    """Write the sim rig's exact calibration, each camera optionally moved and turned in a
+    random direction: `--calibration` of `aimg sim collect` and `aimg run --sim` then renders
+    from it and plans with it (how much a policy loses when the rig is not the training one)."""
+    from aimg.calib.calibration_file import (
+        CalibrationFile,
+        CameraCalibration,
+        now_iso,
+        write_calibration,
+    )
+    from aimg.robot.sim.cameras import moved_rig
+
+    cameras = moved_rig(views, size, move_cm / 100.0, turn_deg, seed)
+    source = f"sim rig moved {move_cm:g} cm / {turn_deg:g} deg (seed {seed})"
+    records = {
+        name: CameraCalibration(
+            name, name, cam.K, np.zeros(5), cam.c2w, cam.width, cam.height, now_iso(), "sim-exact"
+        )
+        for name, cam in cameras.items()
+    }
+    path = write_calibration(out, CalibrationFile(records, source=source))
+    typer.echo(json.dumps({"out": str(path), "cameras": sorted(records), "source": source}))
 
 
 @app.command()

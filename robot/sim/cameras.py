@@ -125,3 +125,26 @@ def knocked_camera(camera: Camera, knock: tuple[Sequence[float], Sequence[float]
     c2w[:3, :3] = c2w[:3, :3] @ rotvec_to_matrix(rotation)
     c2w[:3, 3] += translation
     return Camera(camera.K, c2w, camera.width, camera.height)
+
+
+def random_knock(
+    rng: np.random.Generator, move_m: float, turn_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A knock (see `knocked_camera`) of exactly `move_m` metres and `turn_deg` degrees, in
+    random directions: a rig moved "by a few centimetres and degrees" for robustness studies."""
+    direction = rng.normal(size=3)
+    axis = rng.normal(size=3)
+    translation = move_m * direction / np.linalg.norm(direction)
+    rotation = math.radians(turn_deg) * axis / np.linalg.norm(axis)
+    return translation, rotation
+
+
+def moved_rig(
+    num_views: int, size: int, move_m: float, turn_deg: float, seed: int
+) -> dict[str, Camera]:
+    """The standard placements at `size` x `size`, each camera knocked by `random_knock`."""
+    rng = np.random.default_rng(seed)
+    return {
+        spec.name: knocked_camera(spec.camera(size, size), random_knock(rng, move_m, turn_deg))
+        for spec in default_camera_specs(num_views)
+    }

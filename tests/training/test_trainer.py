@@ -34,6 +34,33 @@ def test_training_reduces_the_loss(tmp_path):
     assert last < first / 5
 
 
+CPU_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(not CPU_BF16, reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_bf16_autocast_on_a_cpu_with_native_bf16_trains(tmp_path):
+    seen = []
+
+    def objective(model, batch, step):
+        out = model(batch["x"])
+        seen.append(out.dtype)
+        return ((out.float() - batch["y"]) ** 2).mean(), {}
+
+    cfg = toy_config(tmp_path, max_steps=60, checkpoint_every=60, precision="bf16")
+    trainer = Trainer(make_toy_model(), objective, ToyDataset(), cfg, CPU, progress=False)
+    first = trainer.train_step(next(iter(trainer._loader())))["loss"]
+    last = trainer.fit()["loss"]
+    assert set(seen) == {torch.bfloat16}
+    assert last < first / 5
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+@pytest.mark.skipif(CPU_BF16, reason="this CPU has native bf16")
+def test_bf16_on_a_cpu_without_native_bf16_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="native bf16"):
+        _trainer(tmp_path, precision="bf16")
+
+
 def test_resume_continues_bit_exactly(tmp_path):
     straight = _trainer(tmp_path / "a")
     straight.fit(6)
