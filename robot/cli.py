@@ -40,6 +40,11 @@ def collect(
         help="Place the cameras as this calibration file says (e.g. a real cell's) instead of "
         "the standard placements; --views is then the file's cameras.",
     ),
+    start: str = typer.Option(
+        "standard",
+        help="Tool start pose: standard (high above the workspace) or near (a few cm off the "
+        "target, low: the corrections a closed loop needs, which standard starts never show).",
+    ),
 ) -> None:
     """Roll out the scripted expert and write episodes; re-running continues where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -48,7 +53,7 @@ def collect(
 
     cameras = _calibrated_cameras(calibration) if calibration is not None else None
     settings = RolloutSettings(
-        task=task, views=views, height=size, width=size, fps=fps, cameras=cameras
+        task=task, views=views, height=size, width=size, fps=fps, cameras=cameras, start=start
     )
     todo = len(missing_indices(out, episodes))
     start = time.monotonic()

@@ -45,6 +45,8 @@ class RolloutSettings:
     width: int = 128
     fps: float = 10.0
     cameras: Mapping[str, Camera] | None = None
+    #: the tool's start pose, `aimg.robot.sim.tasks.STARTS`
+    start: str = "standard"
 
     def rig(self) -> dict[str, Camera]:
         """The recorded cameras at the recorded size."""
@@ -71,7 +73,7 @@ def run_episode(
     """
     task = get_task(settings.task)
     world.reset(seed)
-    scene = task.sample_scene(world.rng)
+    scene = task.sample_scene(world.rng, settings.start)
     for obj in scene.objects:
         world.add_cube(
             obj.colour, COLOURS[obj.colour], np.array(obj.position), obj.yaw, CUBE_SIZE_M

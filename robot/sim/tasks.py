@@ -63,8 +63,21 @@ class Scene:
         }
 
 
-def sample_scene(task: str, rng: np.random.Generator) -> Scene:
-    """Target plus 1-3 distractors in x 0.28-0.52 m, y -0.22-0.22 m, at least 9 cm apart."""
+#: Start poses: "standard" (high above the workspace centre, as a task begins) or "near" (a
+#: few centimetres off the target, below the approach height: where a closed loop that
+#: arrived slightly wrong must correct from; the expert then goes sideways, then down).
+STARTS = ("standard", "near")
+NEAR_RADIUS_M = 0.05
+NEAR_HEIGHT_M = (0.03, 0.10)  # above the cube's top face
+
+
+def sample_scene(task: str, rng: np.random.Generator, start: str = "standard") -> Scene:
+    """Target plus 1-3 distractors in x 0.28-0.52 m, y -0.22-0.22 m, at least 9 cm apart.
+
+    `start`: see `STARTS`; "near" draws after everything "standard" draws, so a seed gives the
+    same cubes either way."""
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}; choose one of {STARTS}")
     count = int(rng.integers(2, 5))
     colours = [str(c) for c in rng.permutation(list(COLOURS))[:count]]
     positions: list[np.ndarray] = []
@@ -78,13 +91,21 @@ def sample_scene(task: str, rng: np.random.Generator) -> Scene:
             colours, positions, rng.uniform(-math.pi / 4, math.pi / 4, count), strict=True
         )
     )
-    start = np.array([0.30, 0.0, 0.30]) + rng.uniform([-0.04, -0.08, -0.04], [0.04, 0.08, 0.04])
+    position = np.array([0.30, 0.0, 0.30]) + rng.uniform([-0.04, -0.08, -0.04], [0.04, 0.08, 0.04])
+    start_yaw = float(rng.uniform(-0.3, 0.3))
+    speed = float(rng.uniform(0.16, 0.26))
+    if start == "near":
+        radius, angle = NEAR_RADIUS_M * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+        height = CUBE_SIZE_M + rng.uniform(*NEAR_HEIGHT_M)
+        target_xy = np.array(objects[0].position[:2])
+        offset = radius * np.array([math.cos(angle), math.sin(angle)])
+        position = np.array([*(target_xy + offset), height])
     return Scene(
         task=task,
         objects=objects,
-        start_position=tuple(float(v) for v in start),
-        start_yaw=float(rng.uniform(-0.3, 0.3)),
-        speed_m_s=float(rng.uniform(0.16, 0.26)),
+        start_position=tuple(float(v) for v in position),
+        start_yaw=start_yaw,
+        speed_m_s=speed,
     )
 
 
@@ -100,6 +121,27 @@ def _approach(scene: Scene) -> tuple[np.ndarray, float, np.ndarray]:
     cube = np.array(scene.target.position)
     yaw = grasp_yaw(scene.target.yaw, scene.start_yaw)
     return cube, yaw, cube + [0.0, 0.0, 0.10]
+
+
+def starts_near(scene: Scene) -> bool:
+    """Whether the tool starts close to the target and below the approach point: the expert
+    then moves sideways over the cube at its height and goes straight down (never up and back
+    down through the approach point). Standard starts are far above and never near."""
+    start = np.array(scene.start_position)
+    cube = np.array(scene.target.position)
+    return bool(
+        np.linalg.norm(start[:2] - cube[:2]) <= NEAR_RADIUS_M + 1e-9
+        and start[2] <= cube[2] + CUBE_SIZE_M / 2.0 + NEAR_HEIGHT_M[1] + 1e-9
+    )
+
+
+def _first_stop(scene: Scene) -> tuple[np.ndarray, float, float]:
+    """Where the expert goes first: the approach point, or for a near start the point over
+    the cube at the start's height (see `starts_near`)."""
+    cube, yaw, above = _approach(scene)
+    if starts_near(scene):
+        return np.array([cube[0], cube[1], scene.start_position[2]]), yaw, 1.0
+    return above, yaw, 1.0
 
 
 def _plan(scene: Scene, stops: list[tuple[np.ndarray, float, float]]) -> Trajectory:
@@ -132,8 +174,8 @@ class Task(ABC):
     @abstractmethod
     def success(self, world: SimWorld, scene: Scene) -> bool: ...
 
-    def sample_scene(self, rng: np.random.Generator) -> Scene:
-        return sample_scene(self.name, rng)
+    def sample_scene(self, rng: np.random.Generator, start: str = "standard") -> Scene:
+        return sample_scene(self.name, rng, start)
 
 
 class ReachTask(Task):
@@ -149,9 +191,9 @@ class ReachTask(Task):
         return f"reach the {scene.target.colour} cube"
 
     def plan(self, scene: Scene) -> Trajectory:
-        cube, yaw, above = _approach(scene)
+        cube, yaw, _ = _approach(scene)
         hover = cube + [0.0, 0.0, self.hover_m]
-        return _plan(scene, [(above, yaw, 1.0), (hover, yaw, 1.0), (hover, yaw, 1.0)])
+        return _plan(scene, [_first_stop(scene), (hover, yaw, 1.0), (hover, yaw, 1.0)])
 
     def success(self, world: SimWorld, scene: Scene) -> bool:
         if world.error_code != ArmErrorCode.NONE:
@@ -172,12 +214,12 @@ class PickTask(Task):
         return f"pick up the {scene.target.colour} cube"
 
     def plan(self, scene: Scene) -> Trajectory:
-        cube, yaw, above = _approach(scene)
+        cube, yaw, _ = _approach(scene)
         grasp = cube + [0.0, 0.0, -0.008]
         lift = cube + [0.0, 0.0, self.lift_m]
         return _plan(
             scene,
-            [(above, yaw, 1.0), (grasp, yaw, 1.0), (grasp, yaw, 0.0), (lift, yaw, 0.0)],
+            [_first_stop(scene), (grasp, yaw, 1.0), (grasp, yaw, 0.0), (lift, yaw, 0.0)],
         )
 
     def success(self, world: SimWorld, scene: Scene) -> bool:

@@ -7,7 +7,14 @@ import pytest
 
 from aimg.robot.sim.collect import RolloutSettings, episode_seed, run_episode
 from aimg.robot.sim.expert import Trajectory, Waypoint, min_jerk
-from aimg.robot.sim.tasks import COLOURS, get_task, sample_scene
+from aimg.robot.sim.tasks import (
+    COLOURS,
+    CUBE_SIZE_M,
+    NEAR_RADIUS_M,
+    get_task,
+    sample_scene,
+    starts_near,
+)
 from aimg.robot.sim.world import top_down_pose
 
 
@@ -35,6 +42,30 @@ def test_scene_has_target_and_distinct_separated_distractors():
         xy = np.array([obj.position[:2] for obj in scene.objects])
         gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy))
         assert gaps.min() >= 0.09
+
+
+def test_near_starts_keep_the_scene_and_start_a_few_cm_off_the_target_low():
+    for seed in range(20):
+        standard = sample_scene("pick", np.random.default_rng(seed))
+        near = sample_scene("pick", np.random.default_rng(seed), start="near")
+        assert near.objects == standard.objects and near.speed_m_s == standard.speed_m_s
+        start, cube = np.array(near.start_position), np.array(near.target.position)
+        assert np.linalg.norm(start[:2] - cube[:2]) <= NEAR_RADIUS_M
+        assert 0.03 <= start[2] - (cube[2] + CUBE_SIZE_M / 2) <= 0.10
+        assert starts_near(near) and not starts_near(standard)
+    with pytest.raises(ValueError, match="standard"):
+        sample_scene("reach", np.random.default_rng(0), start="far")
+
+
+@pytest.mark.parametrize("task", ["reach", "pick"])
+def test_the_expert_corrects_from_a_near_start_sideways_then_down(world, task):
+    episode = run_episode(world, RolloutSettings(task=task, start="near"), episode_seed(7, 0))
+    assert episode.success, episode.metadata
+    start = np.array(episode.metadata["scene"]["start_position"])
+    # it never climbs to the approach point 10 cm over the cube's centre
+    assert episode.poses[:, 2].max() < start[2] + 0.01 or task == "pick"
+    descending = episode.poses[: int(np.argmin(episode.poses[:, 2])) + 1, 2]
+    assert descending.max() < start[2] + 0.01
 
 
 def test_unknown_task_is_rejected_with_the_choices():
