@@ -131,6 +131,10 @@ class TrainConfig:
     activation_checkpointing: Literal["auto", "on", "off"] = "auto"
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
     cpu_threads: int = 1
+    #: torch.compile the model for the training step: about 1.2x faster on CPU for sim-tiny
+    #: (0.27 -> 0.22 s per bf16 forward + backward on 2 cores), after a compile of about a minute
+    #: per distinct input shape (one per task of the mixture that packs differently)
+    compile: bool = False
     #: start from these weights (a checkpoint directory with the same architecture, e.g. a
     #: bundled model) with a fresh optimiser and schedule; `--resume` of a run ignores it
     init_from: Path | None = None

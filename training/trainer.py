@@ -136,6 +136,8 @@ class Trainer:
         if ac == "on" or (ac == "auto" and on_cuda):
             enable_activation_checkpointing(model)
         self.model = wrap_model(model, ctx, cfg.parallel)
+        # compiled for the step only: checkpoints keep the plain module's parameter names
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=cfg.lr,
@@ -240,7 +242,7 @@ class Trainer:
             else nullcontext()
         )
         with autocast:
-            loss, extra = self.objective(self.model, batch, self.step)
+            loss, extra = self.objective(self.step_model, batch, self.step)
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)

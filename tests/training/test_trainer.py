@@ -61,6 +61,18 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused(tmp_path):
         _trainer(tmp_path, precision="bf16")
 
 
+@pytest.mark.slow  # inductor compiles C++ for the toy model (tens of seconds)
+def test_a_compiled_step_trains_and_checkpoints_the_plain_module(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=40, checkpoint_every=40, compile=True)
+    first = trainer.train_step(next(iter(trainer._loader())))["loss"]
+    last = trainer.fit()["loss"]
+    assert last < first / 5
+    saved = ckpt.load_model_file(ckpt.latest_checkpoint(trainer.checkpoint_dir))
+    assert set(saved) == set(make_toy_model().state_dict())  # no "_orig_mod." prefixes
+    resumed = _trainer(tmp_path, max_steps=40, checkpoint_every=40, compile=True)
+    assert resumed.resume_latest() and resumed.step == 40
+
+
 def test_resume_continues_bit_exactly(tmp_path):
     straight = _trainer(tmp_path / "a")
     straight.fit(6)
