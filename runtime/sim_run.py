@@ -413,9 +413,9 @@ def _summary(settings, results, servo, camera, violations, num_commands) -> dict
         if event.message not in seen and len(seen) < 5:
             seen.append(event.message)
     return {
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()
-        },
+        "settings": _plain(
+            {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()}
+        ),
         "episodes": len(results),
         "success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
         "final_xy_error_median_m": float(np.median(errors)) if errors else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -252,3 +253,6 @@ def test_a_calibration_places_the_sim_cameras_and_the_planner_gets_them():
     for name, camera in moved.items():
         np.testing.assert_allclose(seen[0][name].c2w, camera.c2w, atol=1e-12)
         np.testing.assert_allclose(seen[0][name].K, camera.K, atol=1e-12)
+    # the report (what --out writes) records the cameras as plain data
+    settings = json.loads(json.dumps(report))["settings"]
+    np.testing.assert_allclose(settings["cameras"]["left"]["c2w"], moved["left"].c2w, atol=1e-12)
