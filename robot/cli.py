@@ -45,6 +45,15 @@ def collect(
         help="Tool start pose: standard (high above the workspace) or near (a few cm off the "
         "target, low: the corrections a closed loop needs, which standard starts never show).",
     ),
+    jitter_cm: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Camera placement augmentation: move every camera by up to this much (cm) per "
+        "episode, in a random direction (the episode records its cameras).",
+    ),
+    jitter_deg: float = typer.Option(
+        0.0, min=0.0, help="... and turn it by up to this much (deg) per episode."
+    ),
 ) -> None:
     """Roll out the scripted expert and write episodes; re-running continues where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -53,7 +62,15 @@ def collect(
 
     cameras = _calibrated_cameras(calibration) if calibration is not None else None
     settings = RolloutSettings(
-        task=task, views=views, height=size, width=size, fps=fps, cameras=cameras, start=start
+        task=task,
+        views=views,
+        height=size,
+        width=size,
+        fps=fps,
+        cameras=cameras,
+        start=start,
+        jitter_m=jitter_cm / 100.0,
+        jitter_deg=jitter_deg,
     )
     todo = len(missing_indices(out, episodes))
     start = time.monotonic()

@@ -22,7 +22,7 @@ from aimg.episodes import (
     write_episode,
 )
 from aimg.geometry import Camera, matrix_to_action
-from aimg.robot.sim.cameras import default_camera_specs
+from aimg.robot.sim.cameras import default_camera_specs, knocked_camera, random_knock
 from aimg.robot.sim.tasks import COLOURS, CUBE_SIZE_M, get_task
 from aimg.robot.sim.world import TCP_OFFSET_M, CellConfig, SimWorld, top_down_pose
 
@@ -47,6 +47,24 @@ class RolloutSettings:
     cameras: Mapping[str, Camera] | None = None
     #: the tool's start pose, `aimg.robot.sim.tasks.STARTS`
     start: str = "standard"
+    #: camera placement augmentation: each episode moves every camera by up to `jitter_m`
+    #: and turns it by up to `jitter_deg` in random directions (drawn from the episode seed;
+    #: the episode records the cameras it used), so a policy learns to read the camera
+    #: conditioning instead of memorising one rig
+    jitter_m: float = 0.0
+    jitter_deg: float = 0.0
+
+    def episode_rig(self, seed: int) -> dict[str, Camera]:
+        """The cameras of episode `seed`: the rig, jittered as the settings say."""
+        rig = self.rig()
+        if self.jitter_m <= 0 and self.jitter_deg <= 0:
+            return rig
+        rng = np.random.default_rng([seed, 0x716])  # apart from the scene's random stream
+        jittered = {}
+        for name, camera in rig.items():
+            move, turn = rng.uniform(0, self.jitter_m), rng.uniform(0, self.jitter_deg)
+            jittered[name] = knocked_camera(camera, random_knock(rng, move, turn))
+        return jittered
 
     def rig(self) -> dict[str, Camera]:
         """The recorded cameras at the recorded size."""
@@ -81,7 +99,7 @@ def run_episode(
     world.reset_arm(top_down_pose(np.array(scene.start_position), scene.start_yaw), gripper=1.0)
     world.advance(SETTLE_S)
 
-    cameras = settings.rig()
+    cameras = settings.episode_rig(seed)
     plan = task.plan(scene)
     physics_hz = world.config.physics_hz
     decimation = world.config.control_decimation
