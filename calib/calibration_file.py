@@ -319,6 +319,29 @@ def to_yaml_dict(calibration: CalibrationFile) -> dict:
     return doc
 
 
+def exact_calibration(
+    cameras: Mapping[str, Camera], source: str, path: Path | None = None
+) -> CalibrationFile:
+    """A calibration file of cameras known exactly (a simulated rig): no distortion, no
+    residuals, method "sim-exact"."""
+    date = now_iso()
+    records = {
+        name: CameraCalibration(
+            name=name,
+            serial=name,
+            K=cam.K,
+            distortion=np.zeros(5),
+            c2w=cam.c2w,
+            width=cam.width,
+            height=cam.height,
+            date=date,
+            method="sim-exact",
+        )
+        for name, cam in cameras.items()
+    }
+    return CalibrationFile(records, source=source, path=path)
+
+
 def write_calibration(path: str | Path, calibration: CalibrationFile) -> Path:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
     path = Path(path)

@@ -196,26 +196,11 @@ def capture_scene_frames(
 def sim_exact_calibration(devices: CellDevices, out: Path) -> CalibrationFile:
     """A calibration file of the sim cell's exact cameras (the daemon's sim cell needs one to
     run drift checks: the scene references live in it)."""
-    from aimg.calib.calibration_file import CameraCalibration, now_iso
+    from aimg.calib.calibration_file import exact_calibration
 
-    date = now_iso()
-    records = {
-        name: CameraCalibration(
-            name=name,
-            serial=name,
-            K=cam.K,
-            distortion=np.zeros(5),
-            c2w=cam.c2w,
-            width=cam.width,
-            height=cam.height,
-            date=date,
-            method="sim-exact",
-        )
-        for name, cam in devices.rig.cameras.items()
-    }
     sim = devices.config.devices.sim
     source = f"sim cell views={sim.views} image_size={sim.image_size}"
-    return CalibrationFile(records, source=source, path=Path(out))
+    return exact_calibration(devices.rig.cameras, source, Path(out))
 
 
 def device_intrinsics(rig: CameraRig) -> dict[str, tuple[Camera, np.ndarray]]:

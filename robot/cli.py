@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import typer
 
 app = typer.Typer(
@@ -118,24 +117,13 @@ def rig(
     """Write the sim rig's exact calibration, each camera optionally moved and turned in a
     random direction: `--calibration` of `aimg sim collect` and `aimg run --sim` then renders
     from it and plans with it (how much a policy loses when the rig is not the training one)."""
-    from aimg.calib.calibration_file import (
-        CalibrationFile,
-        CameraCalibration,
-        now_iso,
-        write_calibration,
-    )
+    from aimg.calib.calibration_file import exact_calibration, write_calibration
     from aimg.robot.sim.cameras import moved_rig
 
     cameras = moved_rig(views, size, move_cm / 100.0, turn_deg, seed)
     source = f"sim rig moved {move_cm:g} cm / {turn_deg:g} deg (seed {seed})"
-    records = {
-        name: CameraCalibration(
-            name, name, cam.K, np.zeros(5), cam.c2w, cam.width, cam.height, now_iso(), "sim-exact"
-        )
-        for name, cam in cameras.items()
-    }
-    path = write_calibration(out, CalibrationFile(records, source=source))
-    typer.echo(json.dumps({"out": str(path), "cameras": sorted(records), "source": source}))
+    path = write_calibration(out, exact_calibration(cameras, source))
+    typer.echo(json.dumps({"out": str(path), "cameras": sorted(cameras), "source": source}))
 
 
 @app.command()
