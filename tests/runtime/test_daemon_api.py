@@ -162,7 +162,8 @@ def test_estop_latches_until_reset(idle):
 def test_the_dead_man_stops_a_task_whose_client_went_quiet(idle):
     no_deadman = idle.post("/keepalive")
     assert no_deadman.status_code == 409
-    response = idle.post("/tasks", {"instruction": "reach the red cube", "deadman_s": 1.0})
+    # a pick: the bundled model cannot finish it before the dead-man fires (a reach, it can)
+    response = idle.post("/tasks", {"instruction": "pick up the red cube", "deadman_s": 1.0})
     assert response.status_code == 202, response.text
     for _ in range(8):  # 2.4 s of keep-alives: the task keeps running
         time.sleep(0.3)
