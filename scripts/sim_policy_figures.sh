@@ -29,15 +29,24 @@ done
 "${PYTHON:-.venv/bin/python}" - "$out" <<'PY'
 import json, sys
 from pathlib import Path
-print("| task | loop | rig | success | within 3 cm of the target | median final error |")
-print("|---|---|---|---|---|---|")
-for path in sorted(Path(sys.argv[1]).glob("*-*-*.json")):
-    task, loop, rig = path.stem.split("-")
-    r = json.loads(path.read_text())
-    n = len(r["per_episode"])
-    # the hover point means something for reach only (a picked cube has moved)
-    near = r.get("within_3cm_of_hover_rate") if task == "reach" else None
-    err = r.get("final_hover_error_median_m") if task == "reach" else None
-    print(f"| {task} | {loop} | {rig} | {r['success_rate']:.0%} of {n} | "
-          f"{'' if near is None else f'{near:.0%}'} | {'' if err is None else f'{err * 100:.1f} cm'} |")
+out = Path(sys.argv[1])
+print("| task | loop | rig | success | within 3 cm | median final error | plan p50 | out of limits |")
+print("|---|---|---|---|---|---|---|---|")
+for rig in ("standard", "moved"):
+    for task in ("reach", "pick"):
+        for loop in ("closed", "open"):
+            path = out / f"{task}-{loop}-{rig}.json"
+            if not path.is_file():
+                print(f"| {task} | {loop} | {rig} | not run | | | | |")
+                continue
+            r = json.loads(path.read_text())
+            n = len(r["per_episode"])
+            won = sum(bool(e["success"]) for e in r["per_episode"])
+            # the hover point means something for reach only (a picked cube has moved)
+            near = r.get("within_3cm_of_hover_rate") if task == "reach" else None
+            err = r.get("final_hover_error_median_m") if task == "reach" else None
+            print(f"| {task} | {loop} | {rig} | {won}/{n} ({won / n:.0%}) | "
+                  f"{'' if near is None else f'{near:.0%}'} | "
+                  f"{'' if err is None else f'{err * 100:.1f} cm'} | "
+                  f"{r['plan_latency_p50_s']:.2f} s | {r['out_of_limit_commands']} |")
 PY
