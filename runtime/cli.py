@@ -98,6 +98,19 @@ def run(
         help="Temporal ensembling time constant (s): each new plan is averaged with what the "
         "recent plans predicted for the same instants (0: off).",
     ),
+    replan_period: float = typer.Option(
+        None,
+        min=0.0,
+        help="Shortest time (s) between two plans' observations: each plan executes at least "
+        "this long before a newer one replaces it (default: the model's frame spacing, "
+        "0.8 s for sim-tiny; 0: as fast as the planner goes).",
+    ),
+    gripper_settle: float = typer.Option(
+        1.0,
+        min=0.0,
+        help="While the gripper opens or closes, let the executing plan finish the grasp "
+        "instead of replanning, for at most this long (s; 0: replan regardless).",
+    ),
     episode_seconds: float = typer.Option(
         None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
     ),
@@ -185,6 +198,8 @@ def run(
         join=join,
         fixed_noise=fixed_noise,
         ensemble_s=ensemble,
+        replan_period_s=replan_period,
+        gripper_settle_s=gripper_settle,
         episode_s=episode_seconds,
         rate_hz=rate,
         arm=arm,

@@ -785,6 +785,8 @@ class Controller:
                     join=cfg.join,
                     blend_s=cfg.blend_s,
                     ensemble_s=cfg.ensemble_s,
+                    replan_period_s=cfg.replan_period_s,
+                    gripper_settle_s=cfg.gripper_settle_s,
                     camera_latency_s=self._camera_latency(),
                 ),
                 seed=self._task_count * 1000,

@@ -32,6 +32,11 @@ from aimg.runtime.camera_process import EXTRA_TIMESTAMPS_BACKWARDS, frame_counte
 from aimg.runtime.trajectory import Trajectory, join, measure_seam
 from aimg.runtime.waypoints import Waypoints
 
+#: the gripper counts as moving when its openness changed by GRIPPER_STILL or more within
+#: GRIPPER_MOTION_WINDOW_NS (a held cube stops the fingers, so holding is not moving)
+GRIPPER_MOTION_WINDOW_NS = 100_000_000
+GRIPPER_STILL = 0.02
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -50,6 +55,16 @@ class SchedulerConfig:
     mean of what the recent plans predicted for that instant (a plan holds its last pose after
     its end, so the goal is averaged too), weights exp(-age / ensemble_s); the plans of one
     task are noisy estimates of the same motion, and their mean is a better one.
+    replan_period_s: the shortest time between the observations of two plans, so each plan
+    executes at least this long before a newer one replaces it; None (the default): the
+    planner's frame spacing (`dt_s`), so the arm reaches each plan's first generated frame;
+    0: replan as fast as frames and the planner allow. A planner much faster than its frame
+    spacing (a 4-step student on a CPU, any model on a GPU) otherwise replaces every plan on
+    the way to its first frame, and with ensembling the sim-tiny students stopped descending
+    onto the cube (docs/runtime.md, "Fast planners").
+    gripper_settle_s: while the gripper is opening or closing, do not replan (for at most this
+    long; 0: off): the executing plan finishes the grasp it started. A plan conditioned on a
+    half-closed gripper takes the grasp as done and lifts before the fingers have closed.
     """
 
     join: Literal["blend", "inpaint"] = "inpaint"
@@ -60,6 +75,8 @@ class SchedulerConfig:
     measure_first_command: bool = False
     fixed_noise: bool = False
     ensemble_s: float = 4.0
+    replan_period_s: float | None = None
+    gripper_settle_s: float = 1.0
     #: per view, exposure -> host receipt (s), as `aimg calib latency` measured it: a frame
     #: shows the arm where it was this long before it arrived, so the plan is conditioned on
     #: the pose at that instant
@@ -191,6 +208,7 @@ class Scheduler:
         self.last_frame_counter = -1
         self.last_active_ns = time.monotonic_ns()
         self.stopped_reason: str | None = None
+        self.settling_since_ns: int | None = None
         self.calibration = cameras.cameras
         # The count, not only the flag on one frame set: a flagged set that arrives while a plan
         # is in flight is overwritten by later (monotonic again) sets before the next step.
@@ -219,6 +237,8 @@ class Scheduler:
         # Each plan starts from a frame set no earlier plan saw (replanning on the same frames
         # only burns the planner's core).
         self.last_active_ns = time.monotonic_ns()
+        if not self._replan_due(timeout_s):
+            return None
         frames = self.cameras.wait_newer(self.last_frame_counter, timeout_s)
         if frames is None:
             return None
@@ -245,6 +265,8 @@ class Scheduler:
         if measured is None:
             state = self.servo.state()
             measured = (state.tool_pose, state.gripper)
+        if self._gripper_moving(observation_ns, measured[1]):
+            return None
         tool_pose = matrix_to_action(*measured)
         prefix = self._prefix(observation_ns) if self.config.join == "inpaint" else None
         plan = self.planner.plan(
@@ -263,6 +285,33 @@ class Scheduler:
             record.first_command_ns = self._first_command(record.plan_id)
         self.last_active_ns = time.monotonic_ns()
         return record
+
+    def _gripper_moving(self, observation_ns: int, gripper: float) -> bool:
+        """Whether the gripper moved in the last 0.1 s and the executing plan should go on."""
+        limit_s = self.config.gripper_settle_s
+        if limit_s <= 0 or self.poses is None or self.executing is None:
+            return False
+        before = self.poses.at(observation_ns - GRIPPER_MOTION_WINDOW_NS)
+        if before is None or abs(float(gripper) - float(before[1])) < GRIPPER_STILL:
+            self.settling_since_ns = None
+            return False
+        if self.settling_since_ns is None:
+            self.settling_since_ns = observation_ns
+        return observation_ns - self.settling_since_ns < limit_s * 1e9
+
+    def _replan_due(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until the last plan has run `replan_period_s`."""
+        period_s = self.config.replan_period_s
+        if period_s is None:
+            period_s = float(getattr(self.planner, "dt_s", 0.0))
+        if period_s <= 0 or not self.records:
+            return True
+        due_ns = self.records[-1].observation_ns + int(period_s * 1e9)
+        wait_s = (due_ns - time.monotonic_ns()) / 1e9
+        if wait_s > 0:
+            time.sleep(min(wait_s, timeout_s))
+        self.last_active_ns = time.monotonic_ns()
+        return wait_s <= timeout_s
 
     def _first_command(self, plan_id: int, timeout_s: float = 0.05) -> int | None:
         """When the servo loop first commanded from plan `plan_id` (None if not seen)."""

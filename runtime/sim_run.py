@@ -53,6 +53,8 @@ class RunSettings:
     measure_first_command: bool = False
     fixed_noise: bool = False
     ensemble_s: float = 4.0
+    replan_period_s: float | None = None
+    gripper_settle_s: float = 1.0
     arm: Literal["sim", "xarm-sdk"] = "sim"
     #: where the cameras stand (a calibration file's) instead of the standard placements
     cameras: dict[str, Any] | None = None
@@ -170,6 +172,8 @@ def run_sim(
         measure_first_command=settings.measure_first_command,
         fixed_noise=settings.fixed_noise,
         ensemble_s=settings.ensemble_s,
+        replan_period_s=settings.replan_period_s,
+        gripper_settle_s=settings.gripper_settle_s,
     )
     results: list[dict[str, Any]] = []
     emulator = None

@@ -23,6 +23,7 @@ def test_the_sim_preset_loads_with_its_documented_values():
     assert config.model.path == Path("assets/sim-tiny-16")  # the distilled 16-step student
     assert config.rates.servo_hz == 100.0
     assert config.recording.enabled
+    assert config.scheduler.replan_period_s is None  # the model's frame spacing
 
 
 def test_the_xarm_example_is_valid_but_for_files_only_a_real_cell_has(tmp_path):
@@ -58,6 +59,7 @@ def test_the_xarm_example_is_valid_but_for_files_only_a_real_cell_has(tmp_path):
         ({"model.path": "/no/such/model"}, "model.path: /no/such/model does not exist"),
         ({"devices.sim.views": 9}, "views must be 1..4"),
         ({"tasks.max_duration_s": 0}, "max_duration_s must be in"),
+        ({"scheduler.replan_period_s": -1}, "replan_period_s must be in [0, 5] s"),
         ({"devices.xarm": {"ip": "not-an-ip"}}, "is not an IP address"),
         ({"devices.xarm": {"ip": "10.0.0.2", "collision_sensitivity": 7}}, "is 0..5"),
         (
