@@ -60,8 +60,8 @@ class SchedulerConfig:
     planner's frame spacing (`dt_s`), so the arm reaches each plan's first generated frame;
     0: replan as fast as frames and the planner allow. A planner much faster than its frame
     spacing (a 4-step student on a CPU, any model on a GPU) otherwise replaces every plan on
-    the way to its first frame, and with ensembling the sim-tiny students stopped descending
-    onto the cube (docs/runtime.md, "Fast planners").
+    the way to its first frame; the 4-step sim-tiny student then lifted before its fingers
+    had closed on the cube (docs/runtime.md, "Fast planners").
     gripper_settle_s: while the gripper is opening or closing, do not replan (for at most this
     long; 0: off): the executing plan finishes the grasp it started. A plan conditioned on a
     half-closed gripper takes the grasp as done and lifts before the fingers have closed.
