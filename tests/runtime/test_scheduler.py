@@ -98,69 +98,70 @@ def test_the_plan_is_conditioned_on_the_pose_at_exposure_not_at_receipt():
     assert asked == [expected, expected]
 
 
+def _frame_set(t_ns: int, counter: int):
+    """One camera's frame set, captured and received at `t_ns`."""
+    from aimg.robot.interfaces import RigFrames
+
+    return RigFrames(
+        images={"left": np.zeros((4, 4, 3), np.uint8)},
+        device_timestamps_ns={"left": t_ns},
+        host_timestamps_ns={"left": t_ns},
+        extras={"frame_counter": np.array(counter)},
+    )
+
+
+class _InstantPlanner:
+    """Plans at once (a short plan starting now) and records each plan's observation time."""
+
+    def __init__(self, dt_s: float) -> None:
+        self.dt_s = dt_s
+        self.planned: list[int] = []
+
+    def plan(self, images, cameras, tool_pose, observation_ns, *args, **kwargs):
+        self.planned.append(observation_ns)
+        waypoints = _waypoints(time.monotonic_ns(), [0.3, 0.31], plan_id=len(self.planned))
+        return SimpleNamespace(
+            waypoints=waypoints, latency_s=0.001, observation_ns=observation_ns,
+            ready_ns=observation_ns, timings={},
+        )  # fmt: skip
+
+
+_SERVO = SimpleNamespace(submit=lambda waypoints: None, hold=lambda reason: None)
+
+
 def test_a_fast_planner_waits_out_the_replan_period_before_the_next_observation():
     """Each plan runs at least `replan_period_s` before a newer one replaces it; a step that is
     not due within its timeout returns without touching the cameras (the loop stays alive)."""
-    from aimg.robot.interfaces import RigFrames
-
-    seen: list[int] = []
-
-    def wait_newer(counter, timeout_s):
-        now = time.monotonic_ns()
-        return RigFrames(
-            images={"left": np.zeros((4, 4, 3), np.uint8)},
-            device_timestamps_ns={"left": now},
-            host_timestamps_ns={"left": now},
-            extras={"frame_counter": np.array(counter + 1)},
-        )
-
-    class Planner:
-        dt_s = 0.2  # the period's default: one frame spacing
-
-        def plan(self, images, cameras, tool_pose, observation_ns, *args, **kwargs):
-            seen.append(observation_ns)
-            waypoints = _waypoints(observation_ns, [0.3, 0.31, 0.32], plan_id=len(seen))
-            return SimpleNamespace(
-                waypoints=waypoints, latency_s=0.001, observation_ns=observation_ns,
-                ready_ns=observation_ns + 1_000_000, timings={},
-            )  # fmt: skip
 
     class Poses:
         def at(self, t_ns):
             return np.diag([1.0, -1.0, -1.0, 1.0]), 1.0
 
-    servo = SimpleNamespace(submit=lambda waypoints: None, hold=lambda reason: None)
-    cameras = SimpleNamespace(cameras={}, wait_newer=wait_newer)
-    for period_s in (None, 0.2):
-        seen.clear()
+    cameras = SimpleNamespace(
+        cameras={}, wait_newer=lambda counter, _: _frame_set(time.monotonic_ns(), counter + 1)
+    )
+    for period_s in (None, 0.2):  # None: the planner's frame spacing, 0.2 s here
+        planner = _InstantPlanner(dt_s=0.2)
         config = SchedulerConfig(join="blend", ensemble_s=0.0, replan_period_s=period_s)
-        scheduler = Scheduler(Planner(), cameras, servo, "", config, poses=Poses())
+        scheduler = Scheduler(planner, cameras, _SERVO, "", config, poses=Poses())
         for _ in range(3):
             assert scheduler.step(timeout_s=1.0) is not None
-        assert (np.diff(seen) >= 200_000_000).all()
-        assert scheduler.step(timeout_s=0.0) is None and len(seen) == 3  # not due yet
+        assert (np.diff(planner.planned) >= 200_000_000).all()
+        assert scheduler.step(timeout_s=0.0) is None and len(planner.planned) == 3  # not due
     config = SchedulerConfig(join="blend", ensemble_s=0.0, replan_period_s=0.0)
-    scheduler = Scheduler(Planner(), cameras, servo, "", config, poses=Poses())
+    scheduler = Scheduler(_InstantPlanner(0.2), cameras, _SERVO, "", config, poses=Poses())
     scheduler.step(timeout_s=1.0)
     assert scheduler.step(timeout_s=0.0) is not None  # no period: plans at once
 
 
 def test_no_replan_while_the_gripper_closes_unless_it_takes_too_long():
     """A plan made mid-grasp sees half-closed fingers and lifts; the executing plan goes on."""
-    from aimg.robot.interfaces import RigFrames
-
-    base = time.monotonic_ns()  # frames must be fresh on the real clock
+    base = time.monotonic_ns()
     clock = {"now": base}
-    planned: list[int] = []
 
     def wait_newer(counter, timeout_s):
         clock["now"] += 100_000_000  # a frame set every 0.1 s
-        return RigFrames(
-            images={"left": np.zeros((4, 4, 3), np.uint8)},
-            device_timestamps_ns={"left": clock["now"]},
-            host_timestamps_ns={"left": clock["now"]},
-            extras={"frame_counter": np.array(counter + 1)},
-        )
+        return _frame_set(clock["now"], counter + 1)
 
     class Poses:
         closing_from_ns = base + 250_000_000  # the fingers close at 1 openness/s from here on
@@ -169,27 +170,15 @@ def test_no_replan_while_the_gripper_closes_unless_it_takes_too_long():
             gripper = float(np.clip(1.0 - (t_ns - self.closing_from_ns) / 1e9, 0.3, 1.0))
             return np.diag([1.0, -1.0, -1.0, 1.0]), gripper  # 0.3: they stop on the cube
 
-    class Planner:
-        dt_s = 0.8
-
-        def plan(self, images, cameras, tool_pose, observation_ns, *args, **kwargs):
-            planned.append(observation_ns)
-            waypoints = _waypoints(time.monotonic_ns(), [0.3, 0.31], plan_id=len(planned))
-            return SimpleNamespace(
-                waypoints=waypoints, latency_s=0.001, observation_ns=observation_ns,
-                ready_ns=observation_ns, timings={},
-            )  # fmt: skip
-
-    servo = SimpleNamespace(submit=lambda waypoints: None, hold=lambda reason: None)
     cameras = SimpleNamespace(cameras={}, wait_newer=wait_newer)
     config = SchedulerConfig(join="blend", ensemble_s=0.0, replan_period_s=0.0,
                              gripper_settle_s=0.4, max_frame_age_s=1e6)  # fmt: skip
-    scheduler = Scheduler(Planner(), cameras, servo, "", config, poses=Poses())
+    scheduler = Scheduler(_InstantPlanner(0.8), cameras, _SERVO, "", config, poses=Poses())
     outcomes = [scheduler.step() is not None for _ in range(12)]
     # t = 0.1, 0.2 s: open and still, plans; 0.3-0.6: the fingers move, no plan for 0.4 s;
     # 0.7 on: plans again (the settling took too long); 0.95: the fingers stop on the cube
     assert outcomes == [True, True] + [False] * 4 + [True] * 6
     clock["now"] = base
     off = dataclasses.replace(config, gripper_settle_s=0.0)
-    scheduler = Scheduler(Planner(), cameras, servo, "", off, poses=Poses())
+    scheduler = Scheduler(_InstantPlanner(0.8), cameras, _SERVO, "", off, poses=Poses())
     assert all(scheduler.step() is not None for _ in range(12))
