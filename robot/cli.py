@@ -41,8 +41,10 @@ def collect(
     ),
     start: str = typer.Option(
         "standard",
-        help="Tool start pose: standard (high above the workspace) or near (a few cm off the "
-        "target, low: the corrections a closed loop needs, which standard starts never show).",
+        help="Tool start pose: standard (high above the workspace), near (a few cm off the "
+        "target, low: the corrections a closed loop needs, which standard starts never show) "
+        "or regrasp (a missed grasp: the hand closed on nothing a few cm off the target; the "
+        "expert opens it and grasps again).",
     ),
     jitter_cm: float = typer.Option(
         0.0,

@@ -96,7 +96,9 @@ def run_episode(
         world.add_cube(
             obj.colour, COLOURS[obj.colour], np.array(obj.position), obj.yaw, CUBE_SIZE_M
         )
-    world.reset_arm(top_down_pose(np.array(scene.start_position), scene.start_yaw), gripper=1.0)
+    world.reset_arm(
+        top_down_pose(np.array(scene.start_position), scene.start_yaw), gripper=scene.start_gripper
+    )
     world.advance(SETTLE_S)
 
     cameras = settings.episode_rig(seed)

@@ -36,6 +36,7 @@ def scene_from_dict(data: dict) -> Scene:
         start_position=tuple(float(v) for v in data["start_position"]),
         start_yaw=float(data["start_yaw"]),
         speed_m_s=float(data["speed_m_s"]),
+        start_gripper=float(data.get("start_gripper", 1.0)),
     )
 
 

@@ -47,6 +47,8 @@ class Scene:
     start_position: tuple[float, float, float]
     start_yaw: float
     speed_m_s: float
+    #: the gripper at the start: 1 open, 0 closed (a "regrasp" start: an empty, closed hand)
+    start_gripper: float = 1.0
 
     @property
     def target(self) -> SceneObject:
@@ -60,22 +62,29 @@ class Scene:
             "start_position": list(self.start_position),
             "start_yaw": self.start_yaw,
             "speed_m_s": self.speed_m_s,
+            "start_gripper": self.start_gripper,
         }
 
 
-#: Start poses: "standard" (high above the workspace centre, as a task begins) or "near" (a
+#: Start poses: "standard" (high above the workspace centre, as a task begins), "near" (a
 #: few centimetres off the target, below the approach height: where a closed loop that
-#: arrived slightly wrong must correct from; the expert then goes sideways, then down).
-STARTS = ("standard", "near")
+#: arrived slightly wrong must correct from; the expert then goes sideways, then down) or
+#: "regrasp" (a missed grasp: the hand closed on nothing a few centimetres off the target,
+#: at or above grasp height; the expert opens in place, then goes on as from a near start).
+#: A closed loop whose grasp missed is in the regrasp state, and the expert never shows it:
+#: its grasps do not miss, so a policy trained on it alone lifts the empty hand.
+STARTS = ("standard", "near", "regrasp")
 NEAR_RADIUS_M = 0.05
 NEAR_HEIGHT_M = (0.03, 0.10)  # above the cube's top face
+REGRASP_RADIUS_M = 0.06
+REGRASP_HEIGHT_M = (0.02, 0.14)  # above the cube's top face
 
 
 def sample_scene(task: str, rng: np.random.Generator, start: str = "standard") -> Scene:
     """Target plus 1-3 distractors in x 0.28-0.52 m, y -0.22-0.22 m, at least 9 cm apart.
 
-    `start`: see `STARTS`; "near" draws after everything "standard" draws, so a seed gives the
-    same cubes either way."""
+    `start`: see `STARTS`; "near" and "regrasp" draw after everything "standard" draws, so a
+    seed gives the same cubes whatever the start."""
     if start not in STARTS:
         raise ValueError(f"unknown start {start!r}; choose one of {STARTS}")
     count = int(rng.integers(2, 5))
@@ -94,9 +103,14 @@ def sample_scene(task: str, rng: np.random.Generator, start: str = "standard") -
     position = np.array([0.30, 0.0, 0.30]) + rng.uniform([-0.04, -0.08, -0.04], [0.04, 0.08, 0.04])
     start_yaw = float(rng.uniform(-0.3, 0.3))
     speed = float(rng.uniform(0.16, 0.26))
-    if start == "near":
-        radius, angle = NEAR_RADIUS_M * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
-        height = CUBE_SIZE_M + rng.uniform(*NEAR_HEIGHT_M)
+    if start != "standard":
+        reach_m, heights = (
+            (NEAR_RADIUS_M, NEAR_HEIGHT_M)
+            if start == "near"
+            else (REGRASP_RADIUS_M, REGRASP_HEIGHT_M)
+        )
+        radius, angle = reach_m * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+        height = CUBE_SIZE_M + rng.uniform(*heights)
         target_xy = np.array(objects[0].position[:2])
         offset = radius * np.array([math.cos(angle), math.sin(angle)])
         position = np.array([*(target_xy + offset), height])
@@ -106,6 +120,7 @@ def sample_scene(task: str, rng: np.random.Generator, start: str = "standard") -
         start_position=tuple(float(v) for v in position),
         start_yaw=start_yaw,
         speed_m_s=speed,
+        start_gripper=0.0 if start == "regrasp" else 1.0,
     )
 
 
@@ -147,10 +162,13 @@ def _first_stop(scene: Scene) -> tuple[np.ndarray, float, float]:
 def _plan(scene: Scene, stops: list[tuple[np.ndarray, float, float]]) -> Trajectory:
     """Waypoints from the start pose through `stops` = (position, yaw, gripper) at scene speed.
 
-    A stop that repeats the previous position (a gripper action) lasts 0.8 s.
+    A stop that repeats the previous position (a gripper action) lasts 0.8 s. A closed hand at
+    the start opens in place first.
     """
     position = np.array(scene.start_position)
-    waypoints = [Waypoint(0.0, top_down_pose(position, scene.start_yaw), 1.0)]
+    waypoints = [Waypoint(0.0, top_down_pose(position, scene.start_yaw), scene.start_gripper)]
+    if scene.start_gripper < 1.0:
+        stops = [(position, scene.start_yaw, 1.0), *stops]
     t = 0.0
     for target, yaw, gripper in stops:
         distance = float(np.linalg.norm(target - position))

@@ -11,6 +11,7 @@ from aimg.robot.sim.tasks import (
     COLOURS,
     CUBE_SIZE_M,
     NEAR_RADIUS_M,
+    REGRASP_RADIUS_M,
     get_task,
     sample_scene,
     starts_near,
@@ -55,6 +56,30 @@ def test_near_starts_keep_the_scene_and_start_a_few_cm_off_the_target_low():
         assert starts_near(near) and not starts_near(standard)
     with pytest.raises(ValueError, match="standard"):
         sample_scene("reach", np.random.default_rng(0), start="far")
+
+
+def test_regrasp_starts_keep_the_scene_and_start_closed_a_few_cm_off_the_target():
+    for seed in range(20):
+        standard = sample_scene("pick", np.random.default_rng(seed))
+        regrasp = sample_scene("pick", np.random.default_rng(seed), start="regrasp")
+        assert regrasp.objects == standard.objects and regrasp.speed_m_s == standard.speed_m_s
+        assert regrasp.start_gripper == 0.0 and standard.start_gripper == 1.0
+        start, cube = np.array(regrasp.start_position), np.array(regrasp.target.position)
+        assert np.linalg.norm(start[:2] - cube[:2]) <= REGRASP_RADIUS_M
+        assert 0.02 <= start[2] - (cube[2] + CUBE_SIZE_M / 2) <= 0.14
+        assert regrasp.to_dict()["start_gripper"] == 0.0
+
+
+def test_the_expert_opens_a_closed_empty_hand_and_then_picks(world):
+    episode = run_episode(world, RolloutSettings(task="pick", start="regrasp"), episode_seed(7, 3))
+    assert episode.success, episode.metadata
+    gripper, commanded = episode.poses[:, 6], episode.extras["commanded_actions"][:, 6]
+    assert gripper[0] < 0.05  # the episode starts with the hand closed on nothing
+    opened = int(np.argmax(gripper > 0.95))
+    assert opened > 0 and commanded[0] == 1.0  # the first command opens it
+    start = np.array(episode.metadata["scene"]["start_position"])
+    # it opens where it is before it moves
+    assert np.linalg.norm(episode.poses[opened, :3] - start) < 0.01
 
 
 @pytest.mark.parametrize("task", ["reach", "pick"])
