@@ -97,6 +97,7 @@ class PathRecorder(_Ticker):
     def __init__(self, cameras: Any, servo: Any, period_s: float = 0.1, frames: bool = False):
         self.cameras, self.servo, self.period_s, self.keep_frames = cameras, servo, period_s, frames
         self.positions: list[tuple[int, np.ndarray]] = []  # (time_ns, TCP position [3])
+        self.grippers: list[float] = []  # measured openness, 1 open / 0 closed
         self.frames: list[tuple[dict[str, np.ndarray], int]] = []
         self.plans: list[tuple[int, np.ndarray]] = []  # (time_ns, positions [K, 3])
 
@@ -105,6 +106,7 @@ class PathRecorder(_Ticker):
         if state is not None and state.tool_pose is not None:
             pose = np.asarray(state.tool_pose)[:3, 3].copy()
             self.positions.append((time.monotonic_ns(), pose))
+            self.grippers.append(float(state.gripper))
         if self.keep_frames:
             latest = self.cameras.latest()
             if latest is not None:
@@ -256,6 +258,7 @@ def run_sim(
             servo.hold("episode over")
             time.sleep(0.2)
             result = _score(supervisor, servo, scene, scheduler, index, seed)
+            result["grasps"] = grasp_attempts(recorder.grippers)
             results.append(result)
             if record_video:
                 _write_video(settings.video, recorder, camera.cameras, result)
@@ -345,6 +348,20 @@ def wait_for_fresh_frames(camera: Any, after_ns: int, timeout_s: float = 5.0) ->
     raise RuntimeError(f"the camera process delivered no frame for {timeout_s:g} s")
 
 
+def grasp_attempts(openness: list[float], opened: float = 0.6, closed: float = 0.4) -> int:
+    """How often the hand closed (measured openness from above `opened` to below `closed`;
+    the band ignores finger jitter). A hand closed on a cube stops near 0.3, so a pick that
+    grasps once counts 1; 2 or more means it opened again after a missed grasp and retried.
+    A hand that starts closed has not grasped until it opens and closes."""
+    attempts, is_open = 0, bool(openness) and openness[0] >= closed
+    for value in openness:
+        if is_open and value < closed:
+            attempts, is_open = attempts + 1, False
+        elif not is_open and value > opened:
+            is_open = True
+    return attempts
+
+
 def _score(supervisor, servo, scene, scheduler, index: int, seed: int) -> dict[str, Any]:
     state = servo.state()
     cube = np.asarray(supervisor.target_cube_position(), dtype=np.float64)
@@ -428,6 +445,9 @@ def _summary(settings, results, servo, camera, violations, num_commands) -> dict
         "plan_latency_p50_s": percentile(latencies, 50),
         "plan_latency_p95_s": percentile(latencies, 95),
         "replans_per_episode": float(np.mean([r["replans"] for r in results])) if results else 0,
+        # pick: episodes whose hand closed more than once (reopened after a missed grasp)
+        "regrasp_episodes": sum(r.get("grasps", 0) > 1 for r in results),
+        "regrasp_successes": sum(r.get("grasps", 0) > 1 and r["success"] for r in results),
         "seam_position_p50_m": percentile(seams_p, 50),
         "seam_position_p95_m": percentile(seams_p, 95),
         "seam_velocity_p50_m_s": percentile(seams_v, 50),

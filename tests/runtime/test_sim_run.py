@@ -77,6 +77,14 @@ def test_the_expert_reaches_in_closed_loop_within_the_limits():
     _assert_safe(report)
 
 
+def test_the_expert_picks_in_closed_loop_with_one_grasp():
+    report = _run("expert", task="pick", episode_s=None)
+    assert report["success_rate"] == 1.0
+    assert report["per_episode"][0]["grasps"] == 1
+    assert report["regrasp_episodes"] == 0
+    _assert_safe(report)
+
+
 def test_the_bundled_model_runs_the_whole_loop_within_the_limits():
     report = _run("model")
     assert report["per_episode"][0]["replans"] >= 1
