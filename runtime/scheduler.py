@@ -36,13 +36,8 @@ from aimg.runtime.waypoints import Waypoints
 #: GRIPPER_MOTION_WINDOW_NS (a held cube stops the fingers, so holding is not moving)
 GRIPPER_MOTION_WINDOW_NS = 100_000_000
 GRIPPER_STILL = 0.02
-#: after an empty grasp: the hand opens for REOPEN_S with the arm still, then the arm backs
-#: off REOPEN_LIFT_M straight up in REOPEN_LIFT_S, so the next plan starts a few centimetres
-#: above the cube, open, as the expert's near starts do, not at grasp height where no
-#: demonstration starts (a retry from there closed on the same wrong spot again)
-REOPEN_S = 0.5
-REOPEN_LIFT_M = 0.06
-REOPEN_LIFT_S = 0.8
+#: how long the scheduler holds the arm still with the hand opening after an empty grasp
+REOPEN_S = 0.6
 
 
 @dataclass(frozen=True)
@@ -73,12 +68,11 @@ class SchedulerConfig:
     long; 0: off): the executing plan finishes the grasp it started. A plan conditioned on a
     half-closed gripper takes the grasp as done and lifts before the fingers have closed.
     empty_grasp_below: a hand commanded closed whose fingers stopped below this openness
-    closed on nothing (0: off). The scheduler then stops the arm, opens the hand, backs off
-    6 cm up and plans again from there, forgetting the plans that expected a grasp. Set it
-    below what the smallest object leaves between the fingers (the sim's 4 cm cubes: 0.3-0.6;
-    an empty hand: 0). The model cannot tell: its action images draw the gripper as open or
-    closed, so a closed hand on a cube and an empty one look alike, and it lifts the empty
-    hand.
+    closed on nothing (0: off). The scheduler then holds the arm where it is, opens the hand
+    and plans again from there, forgetting the plans that expected a grasp. Set it below what
+    the smallest object leaves between the fingers (the sim's 4 cm cubes: 0.3-0.6; an empty
+    hand: 0). The model cannot tell: its action images draw the gripper as open or closed, so
+    a closed hand on a cube and an empty one look alike, and it lifts the empty hand.
     """
 
     join: Literal["blend", "inpaint"] = "inpaint"
@@ -322,19 +316,17 @@ class Scheduler:
         return True
 
     def _reopen(self) -> None:
-        """Stop the arm where it is now, open the hand, back off up; the next plan starts there."""
+        """Hold the arm where it is now with the hand opening; the next plan starts from there."""
         state = self.servo.state()
         start_ns = time.monotonic_ns() + int(self.config.latency_margin_s * 1e9)
-        times = start_ns + np.array([0.0, REOPEN_S, REOPEN_S + REOPEN_LIFT_S]) * 1e9
+        times = np.array([start_ns, start_ns + int(REOPEN_S * 1e9)], dtype=np.int64)
         pose = np.asarray(state.tool_pose, dtype=np.float64)
-        positions = np.repeat(pose[None, :3, 3], 3, axis=0)
-        positions[2, 2] += REOPEN_LIFT_M
         hold = Waypoints(
-            times.astype(np.int64),
-            positions,
-            np.repeat(pose[None, :3, :3], 3, axis=0),
-            np.ones(3),
-            np.ones(3),
+            times,
+            np.repeat(pose[None, :3, 3], 2, axis=0),
+            np.repeat(pose[None, :3, :3], 2, axis=0),
+            np.ones(2),
+            np.ones(2),
             source="reopen",
         )
         self.servo.submit(hold)
