@@ -135,8 +135,6 @@ class SchedulerSection:
     ensemble_s: float = 4.0
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
-    #: 0 (off) unless set: it depends on the smallest object the cell's tasks grasp
-    empty_grasp_below: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.blend_s <= 2.0:
@@ -147,10 +145,6 @@ class SchedulerSection:
             raise ValueError(f"replan_period_s must be in [0, 5] s, got {self.replan_period_s}")
         if not 0.0 <= self.gripper_settle_s <= 5.0:
             raise ValueError(f"gripper_settle_s must be in [0, 5] s, got {self.gripper_settle_s}")
-        if not 0.0 <= self.empty_grasp_below < 1.0:
-            raise ValueError(
-                f"empty_grasp_below is a gripper openness in [0, 1), got {self.empty_grasp_below}"
-            )
 
 
 @dataclass(frozen=True)

@@ -111,13 +111,6 @@ def run(
         help="While the gripper opens or closes, let the executing plan finish the grasp "
         "instead of replanning, for at most this long (s; 0: replan regardless).",
     ),
-    empty_grasp_below: float = typer.Option(
-        0.1,
-        min=0.0,
-        max=1.0,
-        help="A hand commanded closed whose fingers stop below this openness holds nothing: "
-        "stop, open it and plan again (0: off; the sim's cubes leave 0.3-0.6).",
-    ),
     episode_seconds: float = typer.Option(
         None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
     ),
@@ -207,7 +200,6 @@ def run(
         ensemble_s=ensemble,
         replan_period_s=replan_period,
         gripper_settle_s=gripper_settle,
-        empty_grasp_below=empty_grasp_below,
         episode_s=episode_seconds,
         rate_hz=rate,
         arm=arm,

@@ -787,7 +787,6 @@ class Controller:
                     ensemble_s=cfg.ensemble_s,
                     replan_period_s=cfg.replan_period_s,
                     gripper_settle_s=cfg.gripper_settle_s,
-                    empty_grasp_below=cfg.empty_grasp_below,
                     camera_latency_s=self._camera_latency(),
                 ),
                 seed=self._task_count * 1000,

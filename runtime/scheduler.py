@@ -36,8 +36,6 @@ from aimg.runtime.waypoints import Waypoints
 #: GRIPPER_MOTION_WINDOW_NS (a held cube stops the fingers, so holding is not moving)
 GRIPPER_MOTION_WINDOW_NS = 100_000_000
 GRIPPER_STILL = 0.02
-#: how long the scheduler holds the arm still with the hand opening after an empty grasp
-REOPEN_S = 0.6
 
 
 @dataclass(frozen=True)
@@ -67,12 +65,6 @@ class SchedulerConfig:
     gripper_settle_s: while the gripper is opening or closing, do not replan (for at most this
     long; 0: off): the executing plan finishes the grasp it started. A plan conditioned on a
     half-closed gripper takes the grasp as done and lifts before the fingers have closed.
-    empty_grasp_below: a hand commanded closed whose fingers stopped below this openness
-    closed on nothing (0: off). The scheduler then holds the arm where it is, opens the hand
-    and plans again from there, forgetting the plans that expected a grasp. Set it below what
-    the smallest object leaves between the fingers (the sim's 4 cm cubes: 0.3-0.6; an empty
-    hand: 0). The model cannot tell: its action images draw the gripper as open or closed, so
-    a closed hand on a cube and an empty one look alike, and it lifts the empty hand.
     """
 
     join: Literal["blend", "inpaint"] = "inpaint"
@@ -85,7 +77,6 @@ class SchedulerConfig:
     ensemble_s: float = 4.0
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
-    empty_grasp_below: float = 0.0
     #: per view, exposure -> host receipt (s), as `aimg calib latency` measured it: a frame
     #: shows the arm where it was this long before it arrived, so the plan is conditioned on
     #: the pose at that instant
@@ -218,8 +209,6 @@ class Scheduler:
         self.last_active_ns = time.monotonic_ns()
         self.stopped_reason: str | None = None
         self.settling_since_ns: int | None = None
-        self.reopened = 0  # empty grasps opened again (see `empty_grasp_below`)
-        self.reopen_until_ns = 0  # no plan from frames older than the hand's opening
         self.calibration = cameras.cameras
         # The count, not only the flag on one frame set: a flagged set that arrives while a plan
         # is in flight is overwritten by later (monotonic again) sets before the next step.
@@ -276,11 +265,6 @@ class Scheduler:
         if measured is None:
             state = self.servo.state()
             measured = (state.tool_pose, state.gripper)
-        if observation_ns < self.reopen_until_ns:
-            return None  # those frames show the empty hand still closed: a plan would lift it
-        if self._grasp_missed(observation_ns, measured[1]):
-            self._reopen()
-            return None
         if self._gripper_moving(observation_ns, measured[1]):
             return None
         tool_pose = matrix_to_action(*measured)
@@ -301,39 +285,6 @@ class Scheduler:
             record.first_command_ns = self._first_command(record.plan_id)
         self.last_active_ns = time.monotonic_ns()
         return record
-
-    def _grasp_missed(self, observation_ns: int, gripper: float) -> bool:
-        """Whether the executing plan holds the hand closed and its fingers met: nothing in it."""
-        below = self.config.empty_grasp_below
-        if below <= 0 or self.executing is None or float(gripper) >= below:
-            return False
-        if self.executing.sample(observation_ns)[1] >= 0.5:
-            return False  # the plan is opening the hand, or never closed it
-        if self.poses is not None:  # the fingers have stopped, not passing through on the way
-            before = self.poses.at(observation_ns - GRIPPER_MOTION_WINDOW_NS)
-            if before is None or float(before[1]) >= below:
-                return False
-        return True
-
-    def _reopen(self) -> None:
-        """Hold the arm where it is now with the hand opening; the next plan starts from there."""
-        state = self.servo.state()
-        start_ns = time.monotonic_ns() + int(self.config.latency_margin_s * 1e9)
-        times = np.array([start_ns, start_ns + int(REOPEN_S * 1e9)], dtype=np.int64)
-        pose = np.asarray(state.tool_pose, dtype=np.float64)
-        hold = Waypoints(
-            times,
-            np.repeat(pose[None, :3, 3], 2, axis=0),
-            np.repeat(pose[None, :3, :3], 2, axis=0),
-            np.ones(2),
-            np.ones(2),
-            source="reopen",
-        )
-        self.servo.submit(hold)
-        self.executing = Trajectory(hold)
-        self.history.clear()  # those plans expected a cube in the hand
-        self.reopen_until_ns = int(times[-1])
-        self.reopened += 1
 
     def _gripper_moving(self, observation_ns: int, gripper: float) -> bool:
         """Whether the gripper moved in the last 0.1 s and the executing plan should go on."""

@@ -55,8 +55,6 @@ class RunSettings:
     ensemble_s: float = 4.0
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
-    #: the sim's cubes leave the fingers 0.3-0.6 apart; an empty hand closes to 0
-    empty_grasp_below: float = 0.1
     arm: Literal["sim", "xarm-sdk"] = "sim"
     #: where the cameras stand (a calibration file's) instead of the standard placements
     cameras: dict[str, Any] | None = None
@@ -178,7 +176,6 @@ def run_sim(
         ensemble_s=settings.ensemble_s,
         replan_period_s=settings.replan_period_s,
         gripper_settle_s=settings.gripper_settle_s,
-        empty_grasp_below=settings.empty_grasp_below,
     )
     results: list[dict[str, Any]] = []
     emulator = None
@@ -262,7 +259,6 @@ def run_sim(
             time.sleep(0.2)
             result = _score(supervisor, servo, scene, scheduler, index, seed)
             result["grasps"] = grasp_attempts(recorder.grippers)
-            result["reopened"] = scheduler.reopened
             results.append(result)
             if record_video:
                 _write_video(settings.video, recorder, camera.cameras, result)
@@ -352,10 +348,10 @@ def wait_for_fresh_frames(camera: Any, after_ns: int, timeout_s: float = 5.0) ->
     raise RuntimeError(f"the camera process delivered no frame for {timeout_s:g} s")
 
 
-def grasp_attempts(openness: list[float], opened: float = 0.9, closed: float = 0.7) -> int:
+def grasp_attempts(openness: list[float], opened: float = 0.6, closed: float = 0.4) -> int:
     """How often the hand closed (measured openness from above `opened` to below `closed`;
-    the band ignores finger jitter). A hand closed on a 4 cm cube stops at 0.3-0.6, so a pick
-    that grasps once counts 1; 2 or more means it opened again after a missed grasp, retried.
+    the band ignores finger jitter). A hand closed on a cube stops near 0.3, so a pick that
+    grasps once counts 1; 2 or more means it opened again after a missed grasp and retried.
     A hand that starts closed has not grasped until it opens and closes."""
     attempts, is_open = 0, bool(openness) and openness[0] >= closed
     for value in openness:
@@ -452,8 +448,6 @@ def _summary(settings, results, servo, camera, violations, num_commands) -> dict
         # pick: episodes whose hand closed more than once (reopened after a missed grasp)
         "regrasp_episodes": sum(r.get("grasps", 0) > 1 for r in results),
         "regrasp_successes": sum(r.get("grasps", 0) > 1 and r["success"] for r in results),
-        # how often the scheduler opened a hand that had closed on nothing (empty_grasp_below)
-        "empty_grasps_reopened": sum(r.get("reopened", 0) for r in results),
         "seam_position_p50_m": percentile(seams_p, 50),
         "seam_position_p95_m": percentile(seams_p, 95),
         "seam_velocity_p50_m_s": percentile(seams_v, 50),

@@ -16,12 +16,12 @@ from aimg.runtime.trajectory import Trajectory
 from aimg.runtime.waypoints import Waypoints
 
 
-def _waypoints(t0_ns: int, xs, plan_id: int = 1, gripper: float = 1.0) -> Waypoints:
+def _waypoints(t0_ns: int, xs, plan_id: int = 1) -> Waypoints:
     k = len(xs)
     positions = np.stack([[x, 0.0, 0.2] for x in xs])
     rotations = np.repeat(np.diag([1.0, -1.0, -1.0])[None], k, axis=0)
     times = t0_ns + np.arange(k, dtype=np.int64) * 800_000_000
-    return Waypoints(times, positions, rotations, np.full(k, gripper), np.ones(k), plan_id)
+    return Waypoints(times, positions, rotations, np.ones(k), np.ones(k), plan_id)
 
 
 def test_a_slow_plan_raises_the_latency_estimate_at_once_and_a_fast_one_lowers_it_slowly():
@@ -113,14 +113,13 @@ def _frame_set(t_ns: int, counter: int):
 class _InstantPlanner:
     """Plans at once (a short plan starting now) and records each plan's observation time."""
 
-    def __init__(self, dt_s: float, gripper: float = 1.0) -> None:
-        self.dt_s, self.gripper = dt_s, gripper
+    def __init__(self, dt_s: float) -> None:
+        self.dt_s = dt_s
         self.planned: list[int] = []
 
     def plan(self, images, cameras, tool_pose, observation_ns, *args, **kwargs):
         self.planned.append(observation_ns)
-        plan_id = len(self.planned)
-        waypoints = _waypoints(time.monotonic_ns(), [0.3, 0.31], plan_id, self.gripper)
+        waypoints = _waypoints(time.monotonic_ns(), [0.3, 0.31], plan_id=len(self.planned))
         return SimpleNamespace(
             waypoints=waypoints, latency_s=0.001, observation_ns=observation_ns,
             ready_ns=observation_ns, timings={},
@@ -183,55 +182,3 @@ def test_no_replan_while_the_gripper_closes_unless_it_takes_too_long():
     off = dataclasses.replace(config, gripper_settle_s=0.0)
     scheduler = Scheduler(_InstantPlanner(0.8), cameras, _SERVO, "", off, poses=Poses())
     assert all(scheduler.step() is not None for _ in range(12))
-
-
-def test_a_hand_closed_on_nothing_is_held_opened_and_planned_again():
-    """Fingers that met (openness 0) under a plan that closed them: the scheduler holds the arm
-    where it is with the hand opening, forgets the plans that expected a cube, and plans again
-    from frames taken once the hand is open. Fingers stopped on a cube (0.3), or the rule off,
-    change nothing."""
-    tool = np.diag([1.0, -1.0, -1.0, 1.0])
-    tool[:3, 3] = [0.4, 0.1, 0.12]
-
-    class Servo:
-        def __init__(self):
-            self.submitted: list[Waypoints] = []
-
-        def submit(self, waypoints):
-            self.submitted.append(waypoints)
-
-        def state(self):
-            return SimpleNamespace(tool_pose=tool, gripper=0.0)
-
-    def run(fingers: float, below: float) -> tuple[Scheduler, Servo, _InstantPlanner]:
-        class Poses:
-            def at(self, t_ns):
-                return tool, fingers
-
-        clock = {"now": time.monotonic_ns()}
-
-        def wait_newer(counter, timeout_s):
-            clock["now"] += 100_000_000  # a frame set every 0.1 s
-            return _frame_set(clock["now"], counter + 1)
-
-        cameras = SimpleNamespace(cameras={}, wait_newer=wait_newer)
-        config = SchedulerConfig(join="blend", ensemble_s=1.0, replan_period_s=0.0,
-                                 gripper_settle_s=0.0, empty_grasp_below=below)  # fmt: skip
-        servo, planner = Servo(), _InstantPlanner(0.2, gripper=0.0)  # its plans close the hand
-        scheduler = Scheduler(planner, cameras, servo, "", config, poses=Poses())
-        for _ in range(7):
-            scheduler.step()
-        return scheduler, servo, planner
-
-    scheduler, servo, planner = run(fingers=0.0, below=0.1)
-    # a plan; the empty hand found and opened; frames from before it is open are not planned
-    # from (0.3-0.6 s); a plan from the open hand (0.7 s)
-    assert [w.source for w in servo.submitted] == ["model", "reopen", "model"]
-    assert len(planner.planned) == 2 and scheduler.reopened == 1
-    hold = servo.submitted[1]
-    assert (hold.gripper == 1.0).all() and np.allclose(hold.positions, [0.4, 0.1, 0.12])
-    assert planner.planned[1] >= hold.times_ns[-1]
-    assert len(scheduler.history) == 1  # only the plan made after the reopening
-    for fingers, below in ((0.3, 0.1), (0.0, 0.0)):
-        scheduler, servo, planner = run(fingers, below)
-        assert scheduler.reopened == 0 and len(planner.planned) == 7
