@@ -348,10 +348,10 @@ def wait_for_fresh_frames(camera: Any, after_ns: int, timeout_s: float = 5.0) ->
     raise RuntimeError(f"the camera process delivered no frame for {timeout_s:g} s")
 
 
-def grasp_attempts(openness: list[float], opened: float = 0.6, closed: float = 0.4) -> int:
+def grasp_attempts(openness: list[float], opened: float = 0.9, closed: float = 0.7) -> int:
     """How often the hand closed (measured openness from above `opened` to below `closed`;
-    the band ignores finger jitter). A hand closed on a cube stops near 0.3, so a pick that
-    grasps once counts 1; 2 or more means it opened again after a missed grasp and retried.
+    the band ignores finger jitter). A hand closed on a 4 cm cube stops at 0.3-0.6, so a pick
+    that grasps once counts 1; 2 or more means it opened again after a missed grasp, retried.
     A hand that starts closed has not grasped until it opens and closes."""
     attempts, is_open = 0, bool(openness) and openness[0] >= closed
     for value in openness:
