@@ -69,8 +69,8 @@ class Scene:
 #: Start poses: "standard" (high above the workspace centre, as a task begins), "near" (a
 #: few centimetres off the target, below the approach height: where a closed loop that
 #: arrived slightly wrong must correct from; the expert then goes sideways, then down) or
-#: "regrasp" (a missed grasp: the hand closed on nothing a few centimetres off the target,
-#: at or above grasp height; the expert opens in place, then goes on as from a near start).
+#: "regrasp" (a missed grasp: the hand closed on nothing a few centimetres off the target and
+#: above it; the expert opens in place, then goes on as from a near start).
 #: A closed loop whose grasp missed is in the regrasp state, and the expert never shows it:
 #: its grasps do not miss, so a policy trained on it alone lifts the empty hand.
 STARTS = ("standard", "near", "regrasp")

@@ -6,7 +6,7 @@ from aimg.runtime.sim_run import grasp_attempts
 
 
 def test_one_grasp_that_holds_a_cube_counts_once():
-    closing_on_a_cube = [1.0, 1.0, 0.8, 0.56, 0.52, 0.55, 0.53]  # a cube held across
+    closing_on_a_cube = [1.0, 1.0, 0.8, 0.56, 0.52, 0.55, 0.53]  # the fingers stop on it
     assert grasp_attempts(closing_on_a_cube) == 1
 
 

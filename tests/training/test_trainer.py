@@ -12,7 +12,12 @@ import torch.multiprocessing as mp
 from training_toy import ToyDataset, make_toy_model, toy_config, toy_objective
 
 from aimg.training import checkpointing as ckpt
-from aimg.training.distributed import DistContext, init_distributed, shutdown_distributed
+from aimg.training.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
 from aimg.training.trainer import Trainer, lr_factor
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -188,6 +193,9 @@ def _worker(rank: int, world_size: int, port: int, run_dir: str, parallel: str) 
         resumed = _trainer(run_dir, ctx=ctx, batch_size=2, parallel=parallel)
         assert resumed.resume_latest() and resumed.step == 3
         resumed.fit(6)
+        # Leave together, as `aimg train` does: a rank that tears down gloo while the other
+        # still finishes its last checkpoint collective aborts on a loaded machine.
+        barrier(ctx)
     finally:
         shutdown_distributed()
 
