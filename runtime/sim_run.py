@@ -446,8 +446,8 @@ def _summary(settings, results, servo, camera, violations, num_commands) -> dict
         "plan_latency_p95_s": percentile(latencies, 95),
         "replans_per_episode": float(np.mean([r["replans"] for r in results])) if results else 0,
         # pick: episodes whose hand closed more than once (reopened after a missed grasp)
-        "regrasp_episodes": sum(r.get("grasps", 0) > 1 for r in results),
-        "regrasp_successes": sum(r.get("grasps", 0) > 1 and r["success"] for r in results),
+        "regrasp_episodes": sum(r["grasps"] > 1 for r in results),
+        "regrasp_successes": sum(r["grasps"] > 1 and r["success"] for r in results),
         "seam_position_p50_m": percentile(seams_p, 50),
         "seam_position_p95_m": percentile(seams_p, 95),
         "seam_velocity_p50_m_s": percentile(seams_v, 50),
