@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -97,6 +98,7 @@ class PathRecorder(_Ticker):
     def __init__(self, cameras: Any, servo: Any, period_s: float = 0.1, frames: bool = False):
         self.cameras, self.servo, self.period_s, self.keep_frames = cameras, servo, period_s, frames
         self.positions: list[tuple[int, np.ndarray]] = []  # (time_ns, TCP position [3])
+        self.rotations: list[np.ndarray] = []  # the tool's orientation [3, 3], per position
         self.grippers: list[float] = []  # measured openness, 1 open / 0 closed
         self.frames: list[tuple[dict[str, np.ndarray], int]] = []
         self.plans: list[tuple[int, np.ndarray]] = []  # (time_ns, positions [K, 3])
@@ -104,8 +106,9 @@ class PathRecorder(_Ticker):
     def tick(self) -> None:
         state = self.servo.state()
         if state is not None and state.tool_pose is not None:
-            pose = np.asarray(state.tool_pose)[:3, 3].copy()
-            self.positions.append((time.monotonic_ns(), pose))
+            pose = np.asarray(state.tool_pose)
+            self.positions.append((time.monotonic_ns(), pose[:3, 3].copy()))
+            self.rotations.append(pose[:3, :3].copy())
             self.grippers.append(float(state.gripper))
         if self.keep_frames:
             latest = self.cameras.latest()
@@ -259,6 +262,8 @@ def run_sim(
             time.sleep(0.2)
             result = _score(supervisor, servo, scene, scheduler, index, seed)
             result["grasps"] = grasp_attempts(recorder.grippers)
+            if settings.task == "pick":
+                result["first_close"] = first_close_offset(recorder, scene["objects"][0])
             results.append(result)
             if record_video:
                 _write_video(settings.video, recorder, camera.cameras, result)
@@ -360,6 +365,36 @@ def grasp_attempts(openness: list[float], opened: float = 0.9, closed: float = 0
         elif not is_open and value > opened:
             is_open = True
     return attempts
+
+
+def first_close_offset(recorder: PathRecorder, cube: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the hand was when it first closed, from the target cube's centre at the start (m):
+    in the tool's frame (x, y: across the hand; z: along the tool axis, down), as height above
+    the cube's centre (base z), and the hand's yaw off the cube's faces; None if it never
+    closed. Says whether a missed grasp was placed off, too high, turned, or still moving."""
+    grippers = recorder.grippers
+    closes = [i for i in range(1, len(grippers)) if grasp_attempts(grippers[: i + 1]) > 0]
+    if not closes:
+        return None
+    i = closes[0]
+    # the command to close came a little earlier: the fingers take ~0.1-0.2 s to pass 0.7
+    t_ns, position = recorder.positions[i]
+    offset = position - np.asarray(cube["position"], dtype=np.float64)
+    in_tool = recorder.rotations[i].T @ offset
+    speed = None
+    if i > 0:
+        t0, p0 = recorder.positions[i - 1]
+        speed = float(np.linalg.norm(position - p0) / max((t_ns - t0) / 1e9, 1e-6))
+    rotation = recorder.rotations[i]
+    yaw_error = math.atan2(rotation[1, 0], rotation[0, 0]) - float(cube["yaw"])
+    yaw_error = (yaw_error + math.pi / 4) % (math.pi / 2) - math.pi / 4  # a cube's 4 faces
+    return {
+        "tool_xyz_m": [float(v) for v in in_tool],
+        "yaw_error_deg": math.degrees(yaw_error),
+        "horizontal_m": float(np.linalg.norm(offset[:2])),
+        "height_m": float(offset[2]),
+        "speed_m_s": speed,
+    }
 
 
 def _score(supervisor, servo, scene, scheduler, index: int, seed: int) -> dict[str, Any]:
