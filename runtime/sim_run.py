@@ -358,13 +358,19 @@ def grasp_attempts(openness: list[float], opened: float = 0.9, closed: float = 0
     the band ignores finger jitter). A hand closed on a 4 cm cube stops at 0.3-0.6, so a pick
     that grasps once counts 1; 2 or more means it opened again after a missed grasp, retried.
     A hand that starts closed has not grasped until it opens and closes."""
-    attempts, is_open = 0, bool(openness) and openness[0] >= closed
-    for value in openness:
+    return len(closing_indices(openness, opened, closed))
+
+
+def closing_indices(openness: list[float], opened: float = 0.9, closed: float = 0.7) -> list[int]:
+    """The samples at which the hand closed (see `grasp_attempts`)."""
+    indices, is_open = [], bool(openness) and openness[0] >= closed
+    for i, value in enumerate(openness):
         if is_open and value < closed:
-            attempts, is_open = attempts + 1, False
+            indices.append(i)
+            is_open = False
         elif not is_open and value > opened:
             is_open = True
-    return attempts
+    return indices
 
 
 def first_close_offset(recorder: PathRecorder, cube: dict[str, Any]) -> dict[str, Any] | None:
@@ -372,8 +378,7 @@ def first_close_offset(recorder: PathRecorder, cube: dict[str, Any]) -> dict[str
     in the tool's frame (x, y: across the hand; z: along the tool axis, down), as height above
     the cube's centre (base z), and the hand's yaw off the cube's faces; None if it never
     closed. Says whether a missed grasp was placed off, too high, turned, or still moving."""
-    grippers = recorder.grippers
-    closes = [i for i in range(1, len(grippers)) if grasp_attempts(grippers[: i + 1]) > 0]
+    closes = closing_indices(recorder.grippers)
     if not closes:
         return None
     i = closes[0]
@@ -410,6 +415,8 @@ def _score(supervisor, servo, scene, scheduler, index: int, seed: int) -> dict[s
         "seed": seed,
         "instruction": scene["instruction"],
         "success": bool(supervisor.success()),
+        # the arm's latched error at the end (a C31 collision fails a pick that lifted)
+        "arm_error": state.error_name if state.error_code else None,
         "final_xy_error_m": float(np.linalg.norm(tcp[:2] - cube[:2])),
         "final_height_above_cube_m": float(tcp[2] - cube[2]),
         # aimg eval's reading: within 3 cm of the point the expert hovers at

@@ -80,8 +80,15 @@ def test_the_expert_reaches_in_closed_loop_within_the_limits():
 def test_the_expert_picks_in_closed_loop_with_one_grasp():
     report = _run("expert", task="pick", episode_s=None)
     assert report["success_rate"] == 1.0
-    assert report["per_episode"][0]["grasps"] == 1
+    episode = report["per_episode"][0]
+    assert episode["grasps"] == 1
     assert report["regrasp_episodes"] == 0
+    assert episode["arm_error"] is None
+    # the expert closes over the cube at its grasp height, 8 mm below the centre (the fingers
+    # pass openness 0.7 while it has stopped there)
+    close = episode["first_close"]
+    assert close["horizontal_m"] < 0.005
+    assert -0.015 < close["height_m"] < 0.0
     _assert_safe(report)
 
 
