@@ -381,18 +381,17 @@ def first_close_offset(recorder: PathRecorder, cube: dict[str, Any]) -> dict[str
     closes = closing_indices(recorder.grippers)
     if not closes:
         return None
-    i = closes[0]
-    # the command to close came a little earlier: the fingers take ~0.1-0.2 s to pass 0.7
+    from aimg.robot.sim.tasks import grasp_yaw
+
+    i = closes[0]  # >= 1: a hand that starts closed has not grasped yet
     t_ns, position = recorder.positions[i]
-    offset = position - np.asarray(cube["position"], dtype=np.float64)
-    in_tool = recorder.rotations[i].T @ offset
-    speed = None
-    if i > 0:
-        t0, p0 = recorder.positions[i - 1]
-        speed = float(np.linalg.norm(position - p0) / max((t_ns - t0) / 1e9, 1e-6))
+    t_before, before = recorder.positions[i - 1]
     rotation = recorder.rotations[i]
-    yaw_error = math.atan2(rotation[1, 0], rotation[0, 0]) - float(cube["yaw"])
-    yaw_error = (yaw_error + math.pi / 4) % (math.pi / 2) - math.pi / 4  # a cube's 4 faces
+    offset = position - np.asarray(cube["position"], dtype=np.float64)
+    in_tool = rotation.T @ offset
+    speed = float(np.linalg.norm(position - before) / max((t_ns - t_before) / 1e9, 1e-6))
+    yaw = math.atan2(rotation[1, 0], rotation[0, 0])  # top-down tool: its x axis in the base
+    yaw_error = yaw - grasp_yaw(float(cube["yaw"]), yaw)  # the nearest of the cube's 4 faces
     return {
         "tool_xyz_m": [float(v) for v in in_tool],
         "yaw_error_deg": math.degrees(yaw_error),
