@@ -111,6 +111,12 @@ def run(
         help="While the gripper opens or closes, let the executing plan finish the grasp "
         "instead of replanning, for at most this long (s; 0: replan regardless).",
     ),
+    gripper_follows_arm: bool = typer.Option(
+        True,
+        "--gripper-follows-arm/--gripper-on-clock",
+        help="Open or close the hand where the plan does, once the arm gets there (default), "
+        "or at the plan's time for it even if the speed limits keep the arm behind.",
+    ),
     episode_seconds: float = typer.Option(
         None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
     ),
@@ -200,6 +206,7 @@ def run(
         ensemble_s=ensemble,
         replan_period_s=replan_period,
         gripper_settle_s=gripper_settle,
+        gripper_follows_arm=gripper_follows_arm,
         episode_s=episode_seconds,
         rate_hz=rate,
         arm=arm,

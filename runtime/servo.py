@@ -65,6 +65,8 @@ GC_EVERY_TICKS = 256
 STATS_CAPACITY = 1 << 15
 COMMAND_CAPACITY = 1 << 16
 _TEXT_BYTES = 4096
+#: The plan's gripper within this of the last command needs no search along the path.
+_GRIPPER_SETTLED = 0.02
 
 # Status block layout: int64 slots, then float64 slots.
 _I_SEQ, _I_TICK, _I_MODE, _I_PLAN, _I_OVERRUNS, _I_CONSECUTIVE = range(6)
@@ -164,6 +166,7 @@ class _Config:
     log_commands: bool
     command_lead_s: float
     blend_s: float
+    gripper_follows_arm: bool = True
 
 
 def connect_remote_arm(address: ServerAddress, name: str = "arm") -> Arm:
@@ -479,6 +482,7 @@ class _ServoLoop:
         if self.traj is not None:
             target, gripper = self.traj.sample(t_ns)
             confidence = self.traj.confidence(t_ns)
+            gripper = self.gripper_where_the_arm_is(gripper, t_ns)
         was_faulted = self.filter.faulted
         decision = self.filter.filter(
             target, gripper, confidence, state, now_ns, self.health(now_ns, state.error_code)
@@ -511,6 +515,22 @@ class _ServoLoop:
             return "holding"
         return "idle"
 
+    def gripper_where_the_arm_is(self, planned: float, t_ns: int) -> float:
+        """The plan's gripper at the arm's progress along it, not at the clock's.
+
+        The safety filter can keep the arm up to about a second behind the plan (speed and
+        acceleration limits), while the plan closes the hand at a time it expects the tool at
+        the object: taken from the clock, the hand shuts above the cube. While the plan's
+        gripper differs from the last command, this finds where along the path the commanded
+        tool is and takes the gripper from there (see `Trajectory.progress_ns`).
+        """
+        last = self.last_command
+        if not self.cfg.gripper_follows_arm or last is None:
+            return planned
+        if abs(planned - last[2]) <= _GRIPPER_SETTLED:
+            return planned
+        return self.traj.gripper(self.traj.progress_ns(last[1][:3, 3], t_ns))
+
     def warm_up(self) -> None:
         """Run a tick's code paths once on a dummy plan: lazy imports and caches happen now,
         not in the first real tick, and their objects get frozen with the rest."""
@@ -527,6 +547,7 @@ class _ServoLoop:
         traj.sample(50_000_000)
         traj.velocity(50_000_000)
         traj.confidence(50_000_000)
+        traj.progress_ns(pose[:3, 3], 50_000_000)
         scratch = SafetyFilter(self.cfg.limits, self.cfg.rate_hz)
         scratch.filter(pose, 1.0, 1.0, self.last_state, 0, Health(plan_age_s=0.0))
 
@@ -665,7 +686,9 @@ class ServoProcess:
     process, e.g. `functools.partial(SimArm, real_time=True)`); rate_hz: 50..250; realtime:
     ask for SCHED_FIFO `priority` (else nice -10); cpu: pin the loop to this core;
     log_commands: keep every command for `commands()`; command_lead_s: sample the trajectory
-    this far ahead (arm latency compensation); blend_s: replanning blend (see `join`).
+    this far ahead (arm latency compensation); blend_s: replanning blend (see `join`);
+    gripper_follows_arm: the gripper changes where the plan changes it, when the arm gets
+    there, not at the plan's time for it (see `_ServoLoop.gripper_where_the_arm_is`).
     """
 
     def __init__(
@@ -679,6 +702,7 @@ class ServoProcess:
         command_lead_s: float = 0.0,
         blend_s: float = 0.3,
         priority: int = 50,
+        gripper_follows_arm: bool = True,
     ) -> None:
         if not (isinstance(rate_hz, (int, float)) and MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ):
             raise ValueError(
@@ -701,6 +725,7 @@ class ServoProcess:
             log_commands=log_commands,
             command_lead_s=float(command_lead_s),
             blend_s=float(blend_s),
+            gripper_follows_arm=bool(gripper_follows_arm),
         )
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.Process | None = None

@@ -56,6 +56,7 @@ class RunSettings:
     ensemble_s: float = 4.0
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
+    gripper_follows_arm: bool = True
     arm: Literal["sim", "xarm-sdk"] = "sim"
     #: where the cameras stand (a calibration file's) instead of the standard placements
     cameras: dict[str, Any] | None = None
@@ -205,7 +206,13 @@ def run_sim(
     supervisor = cell.supervisor()
     emulator_gaps_ms: list[float] = []
     camera = CameraProcess(cell.rig_factory(), fps=settings.camera_fps)
-    servo = ServoProcess(arm_factory, limits, rate_hz=settings.rate_hz, blend_s=settings.blend_s)
+    servo = ServoProcess(
+        arm_factory,
+        limits,
+        rate_hz=settings.rate_hz,
+        blend_s=settings.blend_s,
+        gripper_follows_arm=settings.gripper_follows_arm,
+    )
     bar = _progress(settings.episodes, progress)
     heartbeat = Heartbeat(camera, servo, silence_s=limits.max_planner_silence_s / 2)
     poses = PoseHistory(servo)

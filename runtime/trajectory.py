@@ -324,6 +324,41 @@ class Trajectory:
         """The planner's confidence at `t_ns` (the lower of the surrounding waypoints)."""
         return self._path.confidence(int(t_ns))
 
+    def gripper(self, t_ns: int) -> float:
+        """Gripper openness at `t_ns` (1 open, 0 closed)."""
+        return self._path.gripper(int(t_ns))
+
+    def progress_ns(
+        self,
+        position: np.ndarray,
+        t_ns: int,
+        window_ns: int = 1_000_000_000,
+        step_ns: int = 20_000_000,
+        tolerance_m: float = 0.002,
+    ) -> int:
+        """How far along the path a tool at `position` [3] (m) is: a time in
+        [t_ns - window_ns, t_ns] where the path passes nearest it.
+
+        Of the times within `tolerance_m` of the nearest distance, the first run of them wins,
+        and the last time in that run: a path that comes back the same way (a lift retracing
+        the descent) does not count a tool on its way down as already on its way up, and a
+        tool that has reached a pose where the plan dwells counts as at the dwell's end. Used
+        to act on the gripper where the plan changes it, not when: the safety filter can keep
+        the arm behind the plan's clock. The window bounds how far behind.
+        """
+        t_ns = int(t_ns)
+        times = np.arange(t_ns - int(window_ns), t_ns + 1, int(step_ns))
+        times += t_ns - times[-1]  # the window ends at t_ns exactly
+        position = np.asarray(position, dtype=np.float64)
+        distances = np.array(
+            [np.linalg.norm(self._path.position(int(t)) - position) for t in times]
+        )
+        near = distances <= distances.min() + tolerance_m
+        first = int(np.argmax(near))
+        after = np.flatnonzero(~near[first:])
+        last = first + (int(after[0]) - 1 if len(after) else len(near) - first - 1)
+        return int(times[last])
+
 
 def _one_sided_velocity(traj: Trajectory, t_ns: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Second-order one-sided difference velocities at t from the side -1 (before) or +1."""

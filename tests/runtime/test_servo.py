@@ -72,6 +72,7 @@ def plan(
     delay_s: float = 0.05,
     confidence: float = 1.0,
     plan_id: int = 1,
+    gripper=None,
 ) -> Waypoints:
     """Waypoints at start + offsets (m), top-down, one every dt_s from now + delay_s."""
     positions = np.asarray(start, dtype=np.float64) + np.asarray(offsets, dtype=np.float64)
@@ -79,9 +80,8 @@ def plan(
     t0 = time.monotonic_ns() + round(delay_s * 1e9)
     times = t0 + np.round(np.arange(k) * dt_s * 1e9).astype(np.int64)
     rotations = np.repeat(top_down_pose(np.zeros(3))[None, :3, :3], k, axis=0)
-    return Waypoints(
-        times, positions, rotations, np.ones(k), np.full(k, confidence), plan_id=plan_id
-    )
+    gripper = np.ones(k) if gripper is None else np.asarray(gripper, dtype=np.float64)
+    return Waypoints(times, positions, rotations, gripper, np.full(k, confidence), plan_id=plan_id)
 
 
 def wait_for(servo: ServoProcess, predicate, timeout_s: float = 10.0) -> ServoState:
@@ -345,3 +345,28 @@ def test_pause_sends_nothing_until_reset_restarts_from_the_measured_pose():
         resumed = wait_for(servo, lambda s: s.mode == "holding")
         assert resumed.segment == paused.segment + 1
         assert_no_violations(servo)
+
+
+@pytest.mark.parametrize("follows_arm", [True, False])
+def test_the_hand_closes_where_the_plan_closes_it_once_the_arm_is_there(follows_arm):
+    """A plan faster than the speed limit: the arm falls behind its clock. The hand closes at
+    the bottom (gripper_follows_arm), not where the arm happens to be at the plan's time."""
+    bottom = HOME + np.array([0.0, 0.0, -0.2])
+    with servo_process(gripper_follows_arm=follows_arm) as servo:
+        wait_for(servo, lambda s: s.mode == "idle")
+        fast = plan(
+            HOME,
+            [[0, 0, 0], [0, 0, -0.1], [0, 0, -0.2], [0, 0, -0.2]],
+            dt_s=0.15,
+            gripper=[1.0, 1.0, 1.0, 0.0],
+        )
+        servo.submit(fast)
+        wait_at_rest(servo)
+        commands = assert_no_violations(servo)
+    first = next(c for c in commands if c.gripper < 0.9)
+    above = float(np.linalg.norm(first.pose[:3, 3] - bottom))
+    if follows_arm:
+        assert above < 0.01
+    else:  # the old behaviour, for contrast: the plan's clock shuts the hand on the way down
+        assert above > 0.05
+    assert commands[-1].gripper == 0.0

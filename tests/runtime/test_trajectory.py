@@ -88,6 +88,43 @@ def test_gripper_is_piecewise_linear():
     assert traj.sample(int(wp.times_ns[1] + 100 * MS))[1] == pytest.approx(0.25)
 
 
+DESCENT = [[0.40, 0.0, 0.30], [0.40, 0.0, 0.20], [0.40, 0.0, 0.10], [0.40, 0.0, 0.05]]
+
+
+def test_progress_is_the_time_the_path_passes_nearest_the_tool():
+    wp = make_waypoints(DESCENT, gripper=[1.0, 1.0, 1.0, 0.0])
+    traj = Trajectory(wp)
+    late = int(wp.times_ns[-1]) + 300 * MS  # the clock is past the plan's end
+    at = traj.progress_ns(np.array([0.40, 0.0, 0.20]), late)
+    assert abs(at - int(wp.times_ns[1])) <= 20 * MS  # where the tool is, not the clock
+    assert traj.gripper(at) == pytest.approx(1.0)
+    assert traj.gripper(late) == 0.0
+    # off the path: the nearest point along it counts (the 2 mm tolerance leans late)
+    at = traj.progress_ns(np.array([0.45, 0.02, 0.10]), late)
+    assert 0 <= at - int(wp.times_ns[2]) <= 60 * MS
+
+
+def test_progress_on_a_path_that_comes_back_is_on_the_way_there():
+    """Down to the cube, close, straight back up: a tool half way down is not on the lift."""
+    path = [[0.40, 0.0, 0.20], [0.40, 0.0, 0.05], [0.40, 0.0, 0.05], [0.40, 0.0, 0.20]]
+    wp = make_waypoints(path, dt_s=0.3, gripper=[1.0, 1.0, 0.0, 0.0])
+    traj = Trajectory(wp)
+    now = int(wp.times_ns[-1])  # the plan's clock is at the top of the lift
+    at = traj.progress_ns(np.array([0.40, 0.0, 0.12]), now)
+    assert wp.times_ns[0] < at < wp.times_ns[1]
+    assert traj.gripper(at) == 1.0
+
+
+def test_progress_at_a_dwell_is_its_end_and_never_before_the_window():
+    wp = make_waypoints(DESCENT + [DESCENT[-1]], gripper=[1.0, 1.0, 1.0, 1.0, 0.0])
+    traj = Trajectory(wp)
+    now = int(wp.times_ns[-1]) + 100 * MS
+    assert traj.progress_ns(np.array(DESCENT[-1]), now) == now  # arrived: the dwell's end
+    far = np.array([0.40, 0.0, 0.60])  # above the whole path: the window's start is nearest
+    now = int(wp.times_ns[2]) + 100 * MS
+    assert traj.progress_ns(far, now, window_ns=200 * MS) == now - 200 * MS
+
+
 def test_holds_the_first_pose_before_and_the_last_pose_after():
     wp = make_waypoints(WIGGLE)
     traj = Trajectory(wp)
