@@ -65,8 +65,6 @@ GC_EVERY_TICKS = 256
 STATS_CAPACITY = 1 << 15
 COMMAND_CAPACITY = 1 << 16
 _TEXT_BYTES = 4096
-#: The plan's gripper within this of the last command needs no search along the path.
-_GRIPPER_SETTLED = 0.02
 
 # Status block layout: int64 slots, then float64 slots.
 _I_SEQ, _I_TICK, _I_MODE, _I_PLAN, _I_OVERRUNS, _I_CONSECUTIVE = range(6)
@@ -521,13 +519,14 @@ class _ServoLoop:
         The safety filter can keep the arm up to about a second behind the plan (speed and
         acceleration limits), while the plan closes the hand at a time it expects the tool at
         the object: taken from the clock, the hand shuts above the cube. While the plan's
-        gripper differs from the last command, this finds where along the path the commanded
-        tool is and takes the gripper from there (see `Trajectory.progress_ns`).
+        gripper differs from the last command (a step or a ramp), this finds where along the
+        path the commanded tool is and takes the gripper from there (`Trajectory.progress_ns`,
+        about 50 path samples; nothing while the gripper holds still).
         """
         last = self.last_command
         if not self.cfg.gripper_follows_arm or last is None:
             return planned
-        if abs(planned - last[2]) <= _GRIPPER_SETTLED:
+        if planned == last[2]:  # nothing to change; a ramp differs by a little every tick
             return planned
         return self.traj.gripper(self.traj.progress_ns(last[1][:3, 3], t_ns))
 

@@ -81,6 +81,10 @@ class _Path:
     def position(self, t_ns: int) -> np.ndarray:
         raise NotImplementedError
 
+    def positions(self, times_ns: np.ndarray) -> np.ndarray:
+        """Positions [N, 3] at many times [N] (int64 ns) in one vectorised call."""
+        raise NotImplementedError
+
     def linear_velocity(self, t_ns: int) -> np.ndarray:
         raise NotImplementedError
 
@@ -143,6 +147,12 @@ class _SplinePath(_Path):
             return self._positions[-1].copy()
         return np.asarray(self._spline(self._clamped_s(t_ns)), dtype=np.float64)
 
+    def positions(self, times_ns: np.ndarray) -> np.ndarray:
+        if self._spline is None:
+            return np.repeat(self._positions[:1], len(times_ns), axis=0)
+        clamped = (np.clip(times_ns, self.start_ns, self.end_ns) - self._t0) * 1e-9
+        return np.asarray(self._spline(clamped), dtype=np.float64)
+
     def linear_velocity(self, t_ns: int) -> np.ndarray:
         if self._spline is None or t_ns <= self.start_ns or t_ns >= self.end_ns:
             return np.zeros(3)
@@ -199,6 +209,12 @@ class _BlendPath(_Path):
         a, b = self.old.position(t_ns), self.new.position(t_ns)
         s, _ = self._weight(t_ns)
         return a + s * (b - a)
+
+    def positions(self, times_ns: np.ndarray) -> np.ndarray:
+        a, b = self.old.positions(times_ns), self.new.positions(times_ns)
+        u = np.clip((times_ns - self.at_ns) / self.blend_ns, 0.0, 1.0)
+        s = u**3 * (10.0 + u * (-15.0 + 6.0 * u))  # min_jerk, vectorised
+        return a + s[:, None] * (b - a)
 
     def linear_velocity(self, t_ns: int) -> np.ndarray:
         phase = self._phase(t_ns)
@@ -332,28 +348,27 @@ class Trajectory:
         self,
         position: np.ndarray,
         t_ns: int,
-        window_ns: int = 1_000_000_000,
-        step_ns: int = 20_000_000,
+        window_ns: int = 2_000_000_000,
+        step_ns: int = 5_000_000,
         tolerance_m: float = 0.002,
     ) -> int:
         """How far along the path a tool at `position` [3] (m) is: a time in
         [t_ns - window_ns, t_ns] where the path passes nearest it.
 
-        Of the times within `tolerance_m` of the nearest distance, the first run of them wins,
-        and the last time in that run: a path that comes back the same way (a lift retracing
-        the descent) does not count a tool on its way down as already on its way up, and a
-        tool that has reached a pose where the plan dwells counts as at the dwell's end. Used
-        to act on the gripper where the plan changes it, not when: the safety filter can keep
-        the arm behind the plan's clock. The window bounds how far behind.
+        Of the times within `tolerance_m` (plus half the sampling's spacing along the path) of
+        the nearest distance, the first run of them wins, and the last time in that run: a
+        path that comes back the same way (a lift retracing the descent) does not count a tool
+        on its way down as already on its way up, and a tool that has reached a pose where the
+        plan dwells counts as at the dwell's end. Used to act on the gripper where the plan
+        changes it, not when: the safety filter can keep the arm behind the plan's clock. The
+        window bounds how far behind.
         """
         t_ns = int(t_ns)
-        times = np.arange(t_ns - int(window_ns), t_ns + 1, int(step_ns))
-        times += t_ns - times[-1]  # the window ends at t_ns exactly
-        position = np.asarray(position, dtype=np.float64)
-        distances = np.array(
-            [np.linalg.norm(self._path.position(int(t)) - position) for t in times]
-        )
-        near = distances <= distances.min() + tolerance_m
+        times = t_ns - np.arange(int(window_ns) // int(step_ns), -1, -1, dtype=np.int64) * step_ns
+        path = self._path.positions(times)
+        distances = np.linalg.norm(path - np.asarray(position, dtype=np.float64), axis=1)
+        spacing = float(np.linalg.norm(np.diff(path, axis=0), axis=1).max(initial=0.0))
+        near = distances <= distances.min() + tolerance_m + 0.5 * spacing
         first = int(np.argmax(near))
         after = np.flatnonzero(~near[first:])
         last = first + (int(after[0]) - 1 if len(after) else len(near) - first - 1)

@@ -349,16 +349,14 @@ def test_pause_sends_nothing_until_reset_restarts_from_the_measured_pose():
 
 @pytest.mark.parametrize("follows_arm", [True, False])
 def test_the_hand_closes_where_the_plan_closes_it_once_the_arm_is_there(follows_arm):
-    """A plan faster than the speed limit: the arm falls behind its clock. The hand closes at
-    the bottom (gripper_follows_arm), not where the arm happens to be at the plan's time."""
-    bottom = HOME + np.array([0.0, 0.0, -0.2])
+    """A plan faster than the speed limit: the arm falls behind its clock. The plan then closes
+    the hand slowly at the bottom (a ramp of under 0.02 per tick, as a model's plans do): it
+    closes there (gripper_follows_arm), not where the arm happens to be at the plan's time."""
+    bottom = HOME + np.array([0.0, 0.0, -0.25])
     with servo_process(gripper_follows_arm=follows_arm) as servo:
         wait_for(servo, lambda s: s.mode == "idle")
         fast = plan(
-            HOME,
-            [[0, 0, 0], [0, 0, -0.1], [0, 0, -0.2], [0, 0, -0.2]],
-            dt_s=0.15,
-            gripper=[1.0, 1.0, 1.0, 0.0],
+            HOME, [[0, 0, 0], [0, 0, -0.25], [0, 0, -0.25]], dt_s=0.6, gripper=[1.0, 1.0, 0.0]
         )
         servo.submit(fast)
         wait_at_rest(servo)
