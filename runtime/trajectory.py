@@ -7,7 +7,8 @@ yields a path that does too (a C2 spline through a noisy grasp approach dips bel
 waypoint). It is C1 (continuous velocity); the safety filter bounds acceleration anyway. The
 end slopes are zero, so holding the first pose before the plan and the last pose after it is
 still C1. Rotation is a slerp between consecutive waypoints (piecewise-constant angular
-velocity); gripper openness is piecewise linear. Nothing is ever extrapolated.
+velocity); gripper openness ramps linearly over the plan's frame spacing before each waypoint
+(piecewise linear when no frame was dropped). Nothing is ever extrapolated.
 
 `join` replans without a seam: from `at_ns` the executing path blends into the new plan with
 a min-jerk weight s(u) = 10u^3 - 15u^4 + 6u^5, whose first and second derivatives vanish at
@@ -118,6 +119,9 @@ class _SplinePath(_Path):
         self._positions = waypoints.positions.astype(np.float64)
         self._rotations = Rotation.from_matrix(waypoints.rotations).as_matrix()
         self._gripper = waypoints.gripper.astype(np.float64)
+        gaps = np.diff(self._times_ns)
+        #: the plan's frame spacing: the gripper ramps over at most this before a waypoint
+        self._ramp_ns = int(gaps.min()) if len(gaps) else 0
         self._confidence = np.nan_to_num(waypoints.confidence.astype(np.float64), nan=0.0)
         self._spline = None
         if len(self._t) > 1:
@@ -170,7 +174,19 @@ class _SplinePath(_Path):
         return np.zeros(3) if seg is None else self._omega[seg[0]].copy()
 
     def gripper(self, t_ns: int) -> float:
-        return float(np.interp(t_ns - self._t0, self._times_ns - self._t0, self._gripper))
+        """Linear over the last frame spacing before each waypoint, held before that: where a
+        dropped frame left a wider gap, the hand does not start closing a frame early."""
+        if len(self._times_ns) < 2 or t_ns <= self.start_ns:
+            return float(self._gripper[0])
+        if t_ns >= self.end_ns:
+            return float(self._gripper[-1])
+        i = int(np.searchsorted(self._times_ns, t_ns, side="right")) - 1
+        end = int(self._times_ns[i + 1])
+        ramp_start = max(int(self._times_ns[i]), end - self._ramp_ns)
+        if t_ns <= ramp_start:
+            return float(self._gripper[i])
+        u = (t_ns - ramp_start) / (end - ramp_start)
+        return float(self._gripper[i] + u * (self._gripper[i + 1] - self._gripper[i]))
 
     def confidence(self, t_ns: int) -> float:
         """The lower of the two waypoints around t (the first / last outside the span)."""

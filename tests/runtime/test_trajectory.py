@@ -271,3 +271,21 @@ def test_positions_match_position_through_a_blend():
     times = T0 + np.arange(-200, 1400, 7, dtype=np.int64) * MS
     expected = np.array([traj.sample(int(t))[0][:3, 3] for t in times])
     np.testing.assert_allclose(traj._path.positions(times), expected, atol=1e-12)
+
+
+def test_a_dropped_frame_does_not_start_the_gripper_ramp_early():
+    """Frames 0.2 s apart, the one at 0.4 s dropped: the hand stays open until 0.2 s before
+    the closed frame, as it would have with the frame there."""
+    wp = make_waypoints(WIGGLE + [WIGGLE[-1]], gripper=[1.0, 1.0, 1.0, 0.0, 0.0])
+    keep = np.array([True, True, False, True, True])
+    dropped = Waypoints(
+        wp.times_ns[keep],
+        wp.positions[keep],
+        wp.rotations[keep],
+        wp.gripper[keep],
+        wp.confidence[keep],
+    )
+    traj = Trajectory(dropped)
+    assert traj.gripper(T0 + 350 * MS) == 1.0
+    assert traj.gripper(T0 + 500 * MS) == pytest.approx(0.5)
+    assert traj.gripper(T0 + 600 * MS) == 0.0
