@@ -64,13 +64,18 @@ def pchip_slopes(t: np.ndarray, y: np.ndarray) -> np.ndarray:
     return slopes
 
 
+def min_jerk_weight(u):
+    """Blend weight s(u) for u (a float or an array) already clamped to [0, 1]."""
+    return u**3 * (10.0 + u * (-15.0 + 6.0 * u))
+
+
 def min_jerk(u: float) -> tuple[float, float]:
     """Blend weight s(u) and ds/du for u in [0, 1] (clamped outside)."""
     if u <= 0.0:
         return 0.0, 0.0
     if u >= 1.0:
         return 1.0, 0.0
-    return u**3 * (10.0 + u * (-15.0 + 6.0 * u)), 30.0 * u * u * (1.0 - u) ** 2
+    return min_jerk_weight(u), 30.0 * u * u * (1.0 - u) ** 2
 
 
 class _Path:
@@ -229,8 +234,7 @@ class _BlendPath(_Path):
     def positions(self, times_ns: np.ndarray) -> np.ndarray:
         a, b = self.old.positions(times_ns), self.new.positions(times_ns)
         u = np.clip((times_ns - self.at_ns) / self.blend_ns, 0.0, 1.0)
-        s = u**3 * (10.0 + u * (-15.0 + 6.0 * u))  # min_jerk, vectorised
-        return a + s[:, None] * (b - a)
+        return a + min_jerk_weight(u)[:, None] * (b - a)
 
     def linear_velocity(self, t_ns: int) -> np.ndarray:
         phase = self._phase(t_ns)
@@ -386,8 +390,8 @@ class Trajectory:
         spacing = float(np.linalg.norm(np.diff(path, axis=0), axis=1).max(initial=0.0))
         near = distances <= distances.min() + tolerance_m + 0.5 * spacing
         first = int(np.argmax(near))
-        after = np.flatnonzero(~near[first:])
-        last = first + (int(after[0]) - 1 if len(after) else len(near) - first - 1)
+        gaps = np.flatnonzero(~near[first:])  # the first run of near samples ends at a gap
+        last = first + int(gaps[0]) - 1 if gaps.size else len(near) - 1
         return int(times[last])
 
 
