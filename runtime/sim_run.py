@@ -81,6 +81,8 @@ class _Ticker:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not hasattr(self, "_stop"):  # never entered: a start-up failure is being raised
+            return
         self._stop.set()
         self._thread.join(timeout=2.0)
 

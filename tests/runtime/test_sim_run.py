@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from artifact_fixtures import SIM_TINY
 
-from aimg.runtime.sim_run import EpisodeContext, RunSettings, run_sim
+from aimg.runtime.sim_run import EpisodeContext, Heartbeat, RunSettings, run_sim
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cell")]
 
@@ -115,6 +115,12 @@ def test_a_planner_without_usable_waypoints_is_held_with_the_reason(kind, why):
     holds = report["safety_event_examples"]["hold"]
     assert any("without a usable waypoint" in h and why in h for h in holds), holds
     _assert_safe(report)
+
+
+def test_a_heartbeat_that_never_started_closes_quietly():
+    """run_sim closes it in `finally`: a start-up failure (the camera process dying) must reach
+    the user as itself, not as an AttributeError from the clean-up."""
+    Heartbeat(cameras=None, servo=None, silence_s=1.0).__exit__(None, None, None)
 
 
 def test_a_planner_that_raises_stops_the_arm_with_the_reason():
