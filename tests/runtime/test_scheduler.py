@@ -37,13 +37,37 @@ def test_a_slow_plan_raises_the_latency_estimate_at_once_and_a_fast_one_lowers_i
 
 def test_ensembling_averages_a_new_plan_with_what_earlier_plans_predicted():
     cameras = SimpleNamespace(cameras={})
-    scheduler = Scheduler(None, cameras, None, "", SchedulerConfig(ensemble_s=1e9))
+    config = SchedulerConfig(ensemble_s=1e9, ensemble_height_s=1e9)
+    scheduler = Scheduler(None, cameras, None, "", config)
     t0 = 1_000_000_000_000
     earlier = _waypoints(t0, [0.30, 0.40, 0.50])
     scheduler.history.append((t0, Trajectory(earlier)))
     new = _waypoints(t0, [0.30, 0.50, 0.70])
     averaged = scheduler._ensemble(new, np.ones(3, dtype=bool))
     np.testing.assert_allclose(averaged.positions[:, 0], [0.30, 0.45, 0.60])  # frame 0 kept
+
+
+def _with_heights(waypoints: Waypoints, zs) -> Waypoints:
+    positions = waypoints.positions.copy()
+    positions[:, 2] = zs
+    return dataclasses.replace(waypoints, positions=positions)
+
+
+@pytest.mark.parametrize("height_s", [0.0, 1e9])
+def test_the_height_is_each_plans_own_unless_asked_to_average_it_too(height_s):
+    """An earlier plan, whose schedule the arm lags, already lifts (z 0.10) where the new one
+    grasps (z 0.02): by default the grasp keeps its height; x and y are averaged either way."""
+    cameras = SimpleNamespace(cameras={})
+    config = SchedulerConfig(ensemble_s=1e9, ensemble_height_s=height_s)
+    scheduler = Scheduler(None, cameras, None, "", config)
+    t0 = 1_000_000_000_000
+    earlier = _with_heights(_waypoints(t0, [0.30, 0.40, 0.50]), [0.2, 0.02, 0.10])
+    scheduler.history.append((t0, Trajectory(earlier)))
+    new = _with_heights(_waypoints(t0, [0.30, 0.50, 0.70]), [0.2, 0.10, 0.02])
+    averaged = scheduler._ensemble(new, np.ones(3, dtype=bool))
+    np.testing.assert_allclose(averaged.positions[:, 0], [0.30, 0.45, 0.60])
+    expected = [0.2, 0.10, 0.02] if height_s == 0.0 else [0.2, 0.06, 0.06]
+    np.testing.assert_allclose(averaged.positions[:, 2], expected)
 
 
 def test_the_pose_history_interpolates_the_pose_at_capture_time():
