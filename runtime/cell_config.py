@@ -133,7 +133,7 @@ class SchedulerSection:
     join: Literal["blend", "inpaint"] = "inpaint"
     blend_s: float = 0.3
     ensemble_s: float = 4.0
-    ensemble_height_s: float = 0.0
+    own_grasp_height: bool = True
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
 
@@ -142,10 +142,6 @@ class SchedulerSection:
             raise ValueError(f"blend_s must be in (0, 2] s, got {self.blend_s}")
         if not 0.0 <= self.ensemble_s <= 30.0:
             raise ValueError(f"ensemble_s must be in [0, 30] s, got {self.ensemble_s}")
-        if not 0.0 <= self.ensemble_height_s <= 30.0:
-            raise ValueError(
-                f"ensemble_height_s must be in [0, 30] s, got {self.ensemble_height_s}"
-            )
         if self.replan_period_s is not None and not 0.0 <= self.replan_period_s <= 5.0:
             raise ValueError(f"replan_period_s must be in [0, 5] s, got {self.replan_period_s}")
         if not 0.0 <= self.gripper_settle_s <= 5.0:

@@ -95,14 +95,14 @@ def run(
     ensemble: float = typer.Option(
         4.0,
         min=0.0,
-        help="Temporal ensembling time constant (s): each new plan's horizontal positions "
-        "are averaged with what the recent plans predicted for the same instants (0: off).",
+        help="Temporal ensembling time constant (s): each new plan is averaged with what the "
+        "recent plans predicted for the same instants (0: off).",
     ),
-    ensemble_height: float = typer.Option(
-        0.0,
-        min=0.0,
-        help="The same for the height (default 0: each plan's own). Plans the arm lags "
-        "behind already lift where a new one grasps: averaged in, they raise the grasp.",
+    own_grasp_height: bool = typer.Option(
+        True,
+        "--own-grasp-height/--ensemble-grasp-height",
+        help="A plan that closes the open hand keeps its own heights (default): older plans, "
+        "which the arm lags, already lift where it grasps, and averaged in they raise the grasp.",
     ),
     replan_period: float = typer.Option(
         None,
@@ -210,7 +210,7 @@ def run(
         join=join,
         fixed_noise=fixed_noise,
         ensemble_s=ensemble,
-        ensemble_height_s=ensemble_height,
+        own_grasp_height=own_grasp_height,
         replan_period_s=replan_period,
         gripper_settle_s=gripper_settle,
         gripper_follows_arm=gripper_follows_arm,

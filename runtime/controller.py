@@ -785,7 +785,7 @@ class Controller:
                     join=cfg.join,
                     blend_s=cfg.blend_s,
                     ensemble_s=cfg.ensemble_s,
-                    ensemble_height_s=cfg.ensemble_height_s,
+                    own_grasp_height=cfg.own_grasp_height,
                     replan_period_s=cfg.replan_period_s,
                     gripper_settle_s=cfg.gripper_settle_s,
                     camera_latency_s=self._camera_latency(),

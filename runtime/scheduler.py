@@ -36,6 +36,8 @@ from aimg.runtime.waypoints import Waypoints
 #: GRIPPER_MOTION_WINDOW_NS (a held cube stops the fingers, so holding is not moving)
 GRIPPER_MOTION_WINDOW_NS = 100_000_000
 GRIPPER_STILL = 0.02
+#: a measured openness at least this counts as an open hand (1 = fully open)
+HAND_OPEN = 0.9
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,17 @@ class SchedulerConfig:
     command from the new plan, for the latency breakdown of `aimg bench loop`;
     fixed_noise: every plan of a task starts from the same noise (successive plans then differ
     only where the observation differs, instead of resampling the plan's spread each time);
-    ensemble_s: temporal ensembling (> 0): each new waypoint's horizontal position becomes the
-    weighted mean of what the recent plans predicted for that instant (a plan holds its last
-    pose after its end, so the goal is averaged too), weights exp(-age / ensemble_s); the plans
-    of one task are noisy estimates of the same motion, and their mean is a better one.
-    ensemble_height_s: the same for the height (0, the default: each plan's own height). The
-    arm runs behind the plans' schedules, so at the instant a new plan closes the hand at the
-    cube, older plans already lift: averaged in, they raised the grasp of the sim student by a
-    median 2.8 cm, over the cube's top (docs/training.md, "The ensemble lifted the grasp").
+    ensemble_s: temporal ensembling (> 0): each new waypoint's position becomes the weighted
+    mean of what the recent plans predicted for that instant (a plan holds its last pose after
+    its end, so the goal is averaged too), weights exp(-age / ensemble_s); the plans of one
+    task are noisy estimates of the same motion, and their mean is a better one.
+    own_grasp_height: a plan that closes the hand while the hand is open keeps its own heights
+    (x and y are still averaged). The arm runs behind the plans' schedules, so at the instant a
+    new plan closes the hand at the cube, the older plans already lift: averaged in, they raised
+    the sim student's grasp by a median 2.8 cm, over the cube's top in a quarter of its plans
+    (docs/runtime.md, "The ensemble keeps the grasp's height"). Once the hand has closed, the
+    heights are averaged again, which keeps a held cube from being lifted and set down by
+    plans that disagree.
     replan_period_s: the shortest time between the observations of two plans, so each plan
     executes at least this long before a newer one replaces it; None (the default): the
     planner's frame spacing (`dt_s`), so the arm reaches each plan's first generated frame;
@@ -79,7 +84,7 @@ class SchedulerConfig:
     measure_first_command: bool = False
     fixed_noise: bool = False
     ensemble_s: float = 4.0
-    ensemble_height_s: float = 0.0
+    own_grasp_height: bool = True
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
     #: per view, exposure -> host receipt (s), as `aimg calib latency` measured it: a frame
@@ -284,7 +289,7 @@ class Scheduler:
             prefix=prefix,
         )
         self.latency.update(plan.latency_s)
-        record = self._submit(plan)
+        record = self._submit(plan, hand_open=float(measured[1]) >= HAND_OPEN)
         record.started_ns = started_ns
         if self.config.measure_first_command and record.submitted:
             record.first_command_ns = self._first_command(record.plan_id)
@@ -342,20 +347,18 @@ class Scheduler:
             k += 1
         return np.stack(poses) if poses else None
 
-    def _ensemble(self, waypoints: Waypoints, valid: np.ndarray) -> Waypoints:
-        """Positions averaged with the recent plans' predictions (see `ensemble_s` and
-        `ensemble_height_s`: one time constant for x and y, one for z)."""
-        cfg = self.config
+    def _ensemble(self, waypoints: Waypoints, valid: np.ndarray, height: bool = True) -> Waypoints:
+        """Positions averaged with the recent plans' predictions (see `ensemble_s`); with
+        `height` False, x and y only."""
+        tau_ns = self.config.ensemble_s * 1e9
         now = waypoints.times_ns[0]
-        longest_ns = max(cfg.ensemble_s, cfg.ensemble_height_s) * 1e9
-        self.history = [(t, p) for t, p in self.history if now - t < 5 * longest_ns]
+        self.history = [(t, p) for t, p in self.history if now - t < 5 * tau_ns]
         if not self.history or valid.sum() < 2:
             return waypoints
         ages_ns = np.array([now - t_obs for t_obs, _ in self.history], dtype=np.float64)
-        weights = np.zeros((len(ages_ns), 3))  # per old plan, per axis
-        for axes, tau_s in (([0, 1], cfg.ensemble_s), ([2], cfg.ensemble_height_s)):
-            if tau_s > 0:
-                weights[:, axes] = np.exp(-ages_ns / (tau_s * 1e9))[:, None]
+        weights = np.repeat(np.exp(-ages_ns / tau_ns)[:, None], 3, axis=1)  # per plan, per axis
+        if not height:
+            weights[:, 2] = 0.0
         positions = waypoints.positions.copy()
         for k in np.flatnonzero(valid)[1:]:  # frame 0 is the measured pose
             t_ns = int(waypoints.times_ns[k])
@@ -364,17 +367,19 @@ class Scheduler:
             positions[k] = total / (1.0 + weights.sum(axis=0))
         return dataclasses.replace(waypoints, positions=positions)
 
-    def _submit(self, plan) -> ReplanRecord:
+    def _submit(self, plan, hand_open: bool = False) -> ReplanRecord:
+        """hand_open: the measured hand was open at the plan's observation."""
         waypoints: Waypoints = plan.waypoints
         # Waypoints the safety filter would reject are dropped here, one by one, so one
         # undecodable frame costs that frame, not the whole plan.
         min_confidence = getattr(getattr(self.servo, "limits", None), "min_confidence", 0.0)
         valid = waypoints.finite & (waypoints.confidence > 0)
         valid &= waypoints.confidence >= min_confidence
-        ensembling = self.config.ensemble_s > 0 or self.config.ensemble_height_s > 0
-        if ensembling and valid.sum() >= 2:
+        if self.config.ensemble_s > 0 and valid.sum() >= 2:
             own = Trajectory(_select(waypoints, valid))
-            waypoints = self._ensemble(waypoints, valid)
+            grasps = hand_open and bool(np.any(waypoints.gripper[valid] < 0.5))
+            height = not (self.config.own_grasp_height and grasps)
+            waypoints = self._ensemble(waypoints, valid, height)
             self.history.append((int(waypoints.times_ns[0]), own))
         invalid = int((~valid[1:]).sum())  # frame 0 is the conditioning pose
         now_ns = time.monotonic_ns()

@@ -54,7 +54,7 @@ class RunSettings:
     measure_first_command: bool = False
     fixed_noise: bool = False
     ensemble_s: float = 4.0
-    ensemble_height_s: float = 0.0
+    own_grasp_height: bool = True
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
     gripper_follows_arm: bool = True
@@ -181,7 +181,7 @@ def run_sim(
         measure_first_command=settings.measure_first_command,
         fixed_noise=settings.fixed_noise,
         ensemble_s=settings.ensemble_s,
-        ensemble_height_s=settings.ensemble_height_s,
+        own_grasp_height=settings.own_grasp_height,
         replan_period_s=settings.replan_period_s,
         gripper_settle_s=settings.gripper_settle_s,
     )

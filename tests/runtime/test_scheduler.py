@@ -37,8 +37,7 @@ def test_a_slow_plan_raises_the_latency_estimate_at_once_and_a_fast_one_lowers_i
 
 def test_ensembling_averages_a_new_plan_with_what_earlier_plans_predicted():
     cameras = SimpleNamespace(cameras={})
-    config = SchedulerConfig(ensemble_s=1e9, ensemble_height_s=1e9)
-    scheduler = Scheduler(None, cameras, None, "", config)
+    scheduler = Scheduler(None, cameras, None, "", SchedulerConfig(ensemble_s=1e9))
     t0 = 1_000_000_000_000
     earlier = _waypoints(t0, [0.30, 0.40, 0.50])
     scheduler.history.append((t0, Trajectory(earlier)))
@@ -53,21 +52,42 @@ def _with_heights(waypoints: Waypoints, zs) -> Waypoints:
     return dataclasses.replace(waypoints, positions=positions)
 
 
-@pytest.mark.parametrize("height_s", [0.0, 1e9])
-def test_the_height_is_each_plans_own_unless_asked_to_average_it_too(height_s):
+class _Servo:
+    limits = SimpleNamespace(min_confidence=0.0)
+
+    def __init__(self) -> None:
+        self.sent: list[Waypoints] = []
+
+    def submit(self, waypoints: Waypoints) -> None:
+        self.sent.append(waypoints)
+
+
+@pytest.mark.parametrize(
+    ("hand_open", "closes", "own"), [(True, True, True), (False, True, False), (True, False, False)]
+)
+def test_a_plan_that_closes_the_open_hand_keeps_its_own_heights(hand_open, closes, own):
     """An earlier plan, whose schedule the arm lags, already lifts (z 0.10) where the new one
-    grasps (z 0.02): by default the grasp keeps its height; x and y are averaged either way."""
-    cameras = SimpleNamespace(cameras={})
-    config = SchedulerConfig(ensemble_s=1e9, ensemble_height_s=height_s)
-    scheduler = Scheduler(None, cameras, None, "", config)
-    t0 = 1_000_000_000_000
-    earlier = _with_heights(_waypoints(t0, [0.30, 0.40, 0.50]), [0.2, 0.02, 0.10])
+    grasps (z 0.02): the grasp keeps its height. A reach (no close) and a plan drawn after the
+    hand has closed (lifting, holding) are averaged in all three axes."""
+    servo = _Servo()
+    config = SchedulerConfig(ensemble_s=1e9)
+    scheduler = Scheduler(None, SimpleNamespace(cameras={}), servo, "", config)
+    t0 = time.monotonic_ns() + 1_000_000_000  # every frame still ahead when submitted
+    earlier = _with_heights(_waypoints(t0, [0.30, 0.40, 0.50]), [0.2, 0.10, 0.10])
     scheduler.history.append((t0, Trajectory(earlier)))
-    new = _with_heights(_waypoints(t0, [0.30, 0.50, 0.70]), [0.2, 0.10, 0.02])
-    averaged = scheduler._ensemble(new, np.ones(3, dtype=bool))
-    np.testing.assert_allclose(averaged.positions[:, 0], [0.30, 0.45, 0.60])
-    expected = [0.2, 0.10, 0.02] if height_s == 0.0 else [0.2, 0.06, 0.06]
-    np.testing.assert_allclose(averaged.positions[:, 2], expected)
+    new = _with_heights(_waypoints(t0, [0.30, 0.50, 0.70]), [0.2, 0.02, 0.02])
+    if closes:
+        new = dataclasses.replace(new, gripper=np.array([1.0, 0.0, 0.0]))
+    plan = SimpleNamespace(waypoints=new, observation_ns=t0, ready_ns=t0, timings={})
+    scheduler._submit(plan, hand_open=hand_open)
+    sent = servo.sent[-1]
+    np.testing.assert_allclose(sent.positions[1:, 0], [0.45, 0.60])  # x, y: always averaged
+    np.testing.assert_allclose(sent.positions[1:, 2], [0.02, 0.02] if own else [0.06, 0.06])
+    config = SchedulerConfig(ensemble_s=1e9, own_grasp_height=False)
+    keep_all = Scheduler(None, SimpleNamespace(cameras={}), _Servo(), "", config)
+    keep_all.history.append((t0, Trajectory(earlier)))
+    keep_all._submit(plan, hand_open=hand_open)
+    np.testing.assert_allclose(keep_all.servo.sent[-1].positions[1:, 2], [0.06, 0.06])
 
 
 def test_the_pose_history_interpolates_the_pose_at_capture_time():
