@@ -19,6 +19,7 @@ from typing import Any, Literal
 from aimg.config import ConfigError, from_dict, load_yaml, to_dict
 from aimg.robot.realsense.rig import RealSenseCamera  # plain records: no SDK is imported
 from aimg.robot.xarm.arm import XArmConfig
+from aimg.runtime.waypoints import GRIPPER_RAMP_S
 
 DEFAULT_PORT = 8787
 DEFAULT_TOKEN_FILE = Path("~/.config/aimg/token")
@@ -136,6 +137,7 @@ class SchedulerSection:
     own_grasp_height: bool = True
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
+    gripper_ramp_s: float | None = GRIPPER_RAMP_S
 
     def __post_init__(self) -> None:
         if not 0.0 < self.blend_s <= 2.0:
@@ -146,6 +148,11 @@ class SchedulerSection:
             raise ValueError(f"replan_period_s must be in [0, 5] s, got {self.replan_period_s}")
         if not 0.0 <= self.gripper_settle_s <= 5.0:
             raise ValueError(f"gripper_settle_s must be in [0, 5] s, got {self.gripper_settle_s}")
+        if self.gripper_ramp_s is not None and not 0.0 < self.gripper_ramp_s <= 5.0:
+            raise ValueError(
+                f"gripper_ramp_s must be in (0, 5] s (about your hand's time to shut) or null "
+                f"(over the model's frame spacing), got {self.gripper_ramp_s}"
+            )
 
 
 @dataclass(frozen=True)

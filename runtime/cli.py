@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from aimg.runtime.waypoints import GRIPPER_RAMP_S
+
 
 def bench_policy(
     checkpoint: Path = typer.Option(
@@ -123,6 +125,14 @@ def run(
         help="Open or close the hand where the plan does, once the arm gets there (default), "
         "or at the plan's time for it even if the speed limits keep the arm behind.",
     ),
+    gripper_ramp: float = typer.Option(
+        GRIPPER_RAMP_S,
+        min=0.01,
+        max=5.0,
+        help="Open or close the hand over this long (s) before the plan's frame that changes "
+        "it: about the hand's own travel time (the sim's: 0.34 s), so it shuts at the bottom "
+        "of a descent. The plan's frame spacing (0.8 s) or more: over the whole frame.",
+    ),
     episode_seconds: float = typer.Option(
         None, help="Seconds per episode (default: 7 for reach, 12 for pick)."
     ),
@@ -214,6 +224,7 @@ def run(
         replan_period_s=replan_period,
         gripper_settle_s=gripper_settle,
         gripper_follows_arm=gripper_follows_arm,
+        gripper_ramp_s=gripper_ramp,
         episode_s=episode_seconds,
         rate_hz=rate,
         arm=arm,

@@ -340,6 +340,7 @@ class Controller:
             self.limits,
             rate_hz=self.config.rates.servo_hz,
             blend_s=self.config.scheduler.blend_s,
+            gripper_ramp_s=self.config.scheduler.gripper_ramp_s,
             # the arm's measured command -> motion delay (`aimg calib latency`) is led away
             command_lead_s=latency.arm_s if latency is not None else 0.0,
         ).start()

@@ -50,7 +50,7 @@ from aimg.robot.interfaces import Arm, ArmErrorCode
 from aimg.robot.remote import RemoteArm, ServerAddress
 from aimg.runtime.safety import Command, Health, SafetyEvent, SafetyFilter, SafetyLimits
 from aimg.runtime.trajectory import Trajectory, join
-from aimg.runtime.waypoints import Waypoints
+from aimg.runtime.waypoints import GRIPPER_RAMP_S, Waypoints
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class _Config:
     command_lead_s: float
     blend_s: float
     gripper_follows_arm: bool = True
+    gripper_ramp_s: float | None = GRIPPER_RAMP_S
 
 
 def connect_remote_arm(address: ServerAddress, name: str = "arm") -> Arm:
@@ -411,7 +412,9 @@ class _ServoLoop:
             else:
                 pose, gripper = previous
             current = Trajectory.hold(pose, gripper, at_ns)
-        self.traj = join(current, waypoints, at_ns, self.cfg.blend_s)
+        ramp_s = self.cfg.gripper_ramp_s
+        ramp_ns = None if ramp_s is None else round(ramp_s * 1e9)
+        self.traj = join(current, waypoints, at_ns, self.cfg.blend_s, ramp_ns)
         seam = self.traj.seam
         self.seam = (seam.position_jump_m, seam.velocity_jump_m_s)
         self.plan_id = waypoints.plan_id
@@ -687,7 +690,9 @@ class ServoProcess:
     log_commands: keep every command for `commands()`; command_lead_s: sample the trajectory
     this far ahead (arm latency compensation); blend_s: replanning blend (see `join`);
     gripper_follows_arm: the gripper changes where the plan changes it, when the arm gets
-    there, not at the plan's time for it (see `_ServoLoop.gripper_where_the_arm_is`).
+    there, not at the plan's time for it (see `_ServoLoop.gripper_where_the_arm_is`);
+    gripper_ramp_s: the gripper ramps over at most this before a waypoint (`GRIPPER_RAMP_S`;
+    None: the plan's frame spacing).
     """
 
     def __init__(
@@ -702,6 +707,7 @@ class ServoProcess:
         blend_s: float = 0.3,
         priority: int = 50,
         gripper_follows_arm: bool = True,
+        gripper_ramp_s: float | None = GRIPPER_RAMP_S,
     ) -> None:
         if not (isinstance(rate_hz, (int, float)) and MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ):
             raise ValueError(
@@ -712,6 +718,11 @@ class ServoProcess:
             raise ValueError(f"command_lead_s must be in [0, 1] s, got {command_lead_s}")
         if not (math.isfinite(blend_s) and blend_s > 0.0):
             raise ValueError(f"blend_s must be > 0 s, got {blend_s}")
+        if gripper_ramp_s is not None and not (0.0 < gripper_ramp_s <= 5.0):
+            raise ValueError(
+                f"gripper_ramp_s must be in (0, 5] s (about the hand's time to shut) or None "
+                f"(the plan's frame spacing), got {gripper_ramp_s}"
+            )
         if cpu is not None and cpu not in os.sched_getaffinity(0):
             raise ValueError(f"cpu {cpu} is not available here: {sorted(os.sched_getaffinity(0))}")
         self.config = _Config(
@@ -725,6 +736,7 @@ class ServoProcess:
             command_lead_s=float(command_lead_s),
             blend_s=float(blend_s),
             gripper_follows_arm=bool(gripper_follows_arm),
+            gripper_ramp_s=None if gripper_ramp_s is None else float(gripper_ramp_s),
         )
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.Process | None = None

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from aimg.geometry import matrix_to_action
+from aimg.runtime.waypoints import GRIPPER_RAMP_S
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class RunSettings:
     replan_period_s: float | None = None
     gripper_settle_s: float = 1.0
     gripper_follows_arm: bool = True
+    #: s, the gripper's ramp before the waypoint that changes it (None: the frame spacing)
+    gripper_ramp_s: float | None = GRIPPER_RAMP_S
     arm: Literal["sim", "xarm-sdk"] = "sim"
     #: where the cameras stand (a calibration file's) instead of the standard placements
     cameras: dict[str, Any] | None = None
@@ -99,8 +102,17 @@ class PathRecorder(_Ticker):
     """Samples camera frames and the arm's pose in a thread while the planner works (torch and
     onnxruntime release the GIL while computing), for the episode video and the executed path."""
 
-    def __init__(self, cameras: Any, servo: Any, period_s: float = 0.1, frames: bool = False):
+    def __init__(
+        self,
+        cameras: Any,
+        servo: Any,
+        period_s: float = 0.1,
+        frames: bool = False,
+        cube: Callable[[], Any] | None = None,
+    ):
         self.cameras, self.servo, self.period_s, self.keep_frames = cameras, servo, period_s, frames
+        self.cube = cube  # the target cube's position (the simulator's), read with each pose
+        self.cube_positions: list[np.ndarray] = []  # one per position when `cube` is given
         self.positions: list[tuple[int, np.ndarray]] = []  # (time_ns, TCP position [3])
         self.rotations: list[np.ndarray] = []  # the tool's orientation [3, 3], per position
         self.grippers: list[float] = []  # measured openness, 1 open / 0 closed
@@ -114,6 +126,8 @@ class PathRecorder(_Ticker):
             self.positions.append((time.monotonic_ns(), pose[:3, 3].copy()))
             self.rotations.append(pose[:3, :3].copy())
             self.grippers.append(float(state.gripper))
+            if self.cube is not None:
+                self.cube_positions.append(np.asarray(self.cube(), dtype=np.float64))
         if self.keep_frames:
             latest = self.cameras.latest()
             if latest is not None:
@@ -216,6 +230,7 @@ def run_sim(
         rate_hz=settings.rate_hz,
         blend_s=settings.blend_s,
         gripper_follows_arm=settings.gripper_follows_arm,
+        gripper_ramp_s=settings.gripper_ramp_s,
     )
     bar = _progress(settings.episodes, progress)
     heartbeat = Heartbeat(camera, servo, silence_s=limits.max_planner_silence_s / 2)
@@ -251,7 +266,8 @@ def run_sim(
             )
             heartbeat.scheduler = scheduler
             record_video = settings.video is not None and index == settings.video_episode
-            with PathRecorder(camera, servo, frames=record_video) as recorder:
+            track = supervisor.target_cube_position if settings.task == "pick" else None
+            with PathRecorder(camera, servo, frames=record_video, cube=track) as recorder:
                 while (elapsed := (time.monotonic_ns() - start_ns) / 1e9) < episode_s:
                     if on_tick is not None:
                         on_tick(EpisodeContext(cell, camera, servo, scheduler, elapsed, index))
@@ -275,6 +291,7 @@ def run_sim(
             result["grasps"] = grasp_attempts(recorder.grippers)
             if settings.task == "pick":
                 result["first_close"] = first_close_offset(recorder, scene["objects"][0])
+                result["cube"] = cube_track(recorder, scene["objects"][0])
             results.append(result)
             if record_video:
                 _write_video(settings.video, recorder, camera.cameras, result)
@@ -409,6 +426,25 @@ def first_close_offset(recorder: PathRecorder, cube: dict[str, Any]) -> dict[str
         "horizontal_m": float(np.linalg.norm(offset[:2])),
         "height_m": float(offset[2]),
         "speed_m_s": speed,
+    }
+
+
+def cube_track(recorder: PathRecorder, cube: dict[str, Any]) -> dict[str, Any] | None:
+    """How the target cube moved (m): its highest and its last lift above where it started, and
+    how far across the table it had been pushed when the hand first closed. Tells a cube never
+    lifted from one lifted and dropped, and a grasp placed off from one that shoved the cube
+    away on the way down (`first_close` is measured from where the cube started)."""
+    if not recorder.cube_positions:
+        return None
+    start = np.asarray(cube["position"], dtype=np.float64)
+    track = np.asarray(recorder.cube_positions)
+    lift = track[:, 2] - start[2]
+    closes = closing_indices(recorder.grippers)
+    pushed = float(np.linalg.norm(track[closes[0], :2] - start[:2])) if closes else None
+    return {
+        "peak_lift_m": float(lift.max()),
+        "final_lift_m": float(lift[-1]),
+        "pushed_at_close_m": pushed,
     }
 
 

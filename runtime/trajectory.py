@@ -7,8 +7,10 @@ yields a path that does too (a C2 spline through a noisy grasp approach dips bel
 waypoint). It is C1 (continuous velocity); the safety filter bounds acceleration anyway. The
 end slopes are zero, so holding the first pose before the plan and the last pose after it is
 still C1. Rotation is a slerp between consecutive waypoints (piecewise-constant angular
-velocity); gripper openness ramps linearly over the plan's frame spacing before each waypoint
-(piecewise linear when no frame was dropped). Nothing is ever extrapolated.
+velocity); gripper openness ramps linearly before each waypoint that changes it, over the
+plan's frame spacing or a shorter `gripper_ramp_ns` (the hand's travel time, so a hand the
+plan shuts at the bottom of a descent is not half shut half-way down). Nothing is ever
+extrapolated.
 
 `join` replans without a seam: from `at_ns` the executing path blends into the new plan with
 a min-jerk weight s(u) = 10u^3 - 15u^4 + 6u^5, whose first and second derivatives vanish at
@@ -110,7 +112,7 @@ class _Path:
 class _SplinePath(_Path):
     """Spline through finite waypoints (see the module docstring)."""
 
-    def __init__(self, waypoints: Waypoints) -> None:
+    def __init__(self, waypoints: Waypoints, gripper_ramp_ns: int | None = None) -> None:
         if len(waypoints) == 0:
             raise ValueError("a Trajectory needs at least one waypoint (use Trajectory.hold)")
         if not np.all(waypoints.finite):
@@ -125,8 +127,11 @@ class _SplinePath(_Path):
         self._rotations = Rotation.from_matrix(waypoints.rotations).as_matrix()
         self._gripper = waypoints.gripper.astype(np.float64)
         gaps = np.diff(self._times_ns)
-        #: the plan's frame spacing: the gripper ramps over at most this before a waypoint
+        #: the gripper ramps over at most this before a waypoint: the plan's frame spacing, or
+        #: the shorter `gripper_ramp_ns` (see the module docstring)
         self._ramp_ns = int(gaps.min()) if len(gaps) else 0
+        if gripper_ramp_ns is not None:
+            self._ramp_ns = min(self._ramp_ns, int(gripper_ramp_ns))
         self._confidence = np.nan_to_num(waypoints.confidence.astype(np.float64), nan=0.0)
         self._spline = None
         if len(self._t) > 1:
@@ -307,11 +312,12 @@ class Trajectory:
     """A tool path sampled by the servo loop: pose [4, 4] and gripper at any time.
 
     Built from finite `Waypoints` (the caller drops non-finite ones); before the first waypoint
-    it holds the first pose, after the last it holds the last (velocity 0).
+    it holds the first pose, after the last it holds the last (velocity 0). gripper_ramp_ns:
+    the gripper's ramp before a waypoint, if shorter than the frame spacing.
     """
 
-    def __init__(self, waypoints: Waypoints) -> None:
-        self._path: _Path = _SplinePath(waypoints)
+    def __init__(self, waypoints: Waypoints, gripper_ramp_ns: int | None = None) -> None:
+        self._path: _Path = _SplinePath(waypoints, gripper_ramp_ns)
         self.plan_id = waypoints.plan_id
         self.seam: Seam | None = None
 
@@ -423,14 +429,21 @@ def measure_seam(before: Trajectory, after: Trajectory, at_ns: int) -> Seam:
     )
 
 
-def join(current: Trajectory, new: Waypoints, at_ns: int, blend_s: float = 0.3) -> Trajectory:
+def join(
+    current: Trajectory,
+    new: Waypoints,
+    at_ns: int,
+    blend_s: float = 0.3,
+    gripper_ramp_ns: int | None = None,
+) -> Trajectory:
     """The trajectory to execute from `at_ns`: `current` blended into `new` over `blend_s`.
 
     Equal to `current` at `at_ns` in pose and velocity; `new`'s waypoints up to
     `at_ns + blend_s` are absorbed in the blend; afterwards it follows `new`. Waypoints of `new`
     at or before `at_ns` are dropped, except the last one, which anchors the interpolation
     towards the first future waypoint. If `new` has no waypoint after `at_ns`, `current` is kept
-    (it holds its last pose once it ends). The result's `seam` holds the measured jumps.
+    (it holds its last pose once it ends). The result's `seam` holds the measured jumps;
+    `gripper_ramp_ns` is `new`'s gripper ramp (see `Trajectory`).
     """
     if not blend_s > 0.0 or not math.isfinite(blend_s):
         raise ValueError(f"blend_s must be a positive number of seconds, got {blend_s}")
@@ -451,7 +464,8 @@ def join(current: Trajectory, new: Waypoints, at_ns: int, blend_s: float = 0.3) 
         new.meta,
     )
     old = _prune(current._path, at_ns - _PRUNE_MARGIN_NS)
-    blend = _BlendPath(old, _SplinePath(trimmed), at_ns, max(1, round(blend_s * 1e9)))
+    path = _SplinePath(trimmed, gripper_ramp_ns)
+    blend = _BlendPath(old, path, at_ns, max(1, round(blend_s * 1e9)))
     joined = Trajectory._wrap(blend, new.plan_id, None)
     joined.seam = measure_seam(current, joined, at_ns)
     return joined

@@ -12,6 +12,12 @@ import numpy as np
 
 from aimg.geometry import euler_xyz_to_matrix, matrix_to_euler_xyz
 
+#: s: how long the servo loop ramps the gripper before the waypoint that changes it, if the
+#: frames are further apart. About the hand's travel from open to shut (the sim's: 0.34 s), so
+#: the hand shuts at the bottom of a descent rather than half-way down it (docs/runtime.md,
+#: "The hand shuts at the bottom"). A light module, so the CLI and the cell config share it.
+GRIPPER_RAMP_S = 0.35
+
 
 @dataclass(frozen=True)
 class Waypoints:

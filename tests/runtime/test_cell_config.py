@@ -24,6 +24,7 @@ def test_the_sim_preset_loads_with_its_documented_values():
     assert config.rates.servo_hz == 100.0
     assert config.recording.enabled
     assert config.scheduler.replan_period_s is None  # the model's frame spacing
+    assert config.scheduler.gripper_ramp_s == pytest.approx(0.35)  # the sim hand's travel
 
 
 def test_the_xarm_example_is_valid_but_for_files_only_a_real_cell_has(tmp_path):
@@ -60,6 +61,7 @@ def test_the_xarm_example_is_valid_but_for_files_only_a_real_cell_has(tmp_path):
         ({"devices.sim.views": 9}, "views must be 1..4"),
         ({"tasks.max_duration_s": 0}, "max_duration_s must be in"),
         ({"scheduler.replan_period_s": -1}, "replan_period_s must be in [0, 5] s"),
+        ({"scheduler.gripper_ramp_s": 0}, "gripper_ramp_s must be in (0, 5] s"),
         ({"devices.xarm": {"ip": "not-an-ip"}}, "is not an IP address"),
         ({"devices.xarm": {"ip": "10.0.0.2", "collision_sensitivity": 7}}, "is 0..5"),
         (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aimg.robot.sim.world import top_down_pose
-from aimg.runtime.sim_run import PathRecorder, first_close_offset, grasp_attempts
+from aimg.runtime.sim_run import PathRecorder, cube_track, first_close_offset, grasp_attempts
 
 
 def test_one_grasp_that_holds_a_cube_counts_once():
@@ -65,3 +65,22 @@ def test_yaw_off_a_cube_is_taken_modulo_its_four_faces():
 def test_a_hand_that_never_closes_has_no_first_close():
     cube = {"position": [0.4, 0.0, 0.02], "yaw": 0.0}
     assert first_close_offset(_recorder([[0.4, 0.0, 0.1]] * 3, [1.0, 0.95, 0.8]), cube) is None
+
+
+def test_the_cube_track_tells_a_dropped_cube_and_a_shoved_one():
+    cube = {"position": [0.40, 0.10, 0.02], "yaw": 0.0}
+    hand = [[0.40, 0.10, 0.10], [0.40, 0.10, 0.02], [0.40, 0.10, 0.02], [0.40, 0.10, 0.12]]
+    recorder = _recorder(hand, [1.0, 1.0, 0.5, 0.0])
+    # shoved 3 cm along y before the close, lifted 6 cm, then dropped back to the table
+    for position in (
+        [0.40, 0.10, 0.02],
+        [0.40, 0.13, 0.02],
+        [0.40, 0.13, 0.08],
+        [0.40, 0.13, 0.02],
+    ):
+        recorder.cube_positions.append(np.asarray(position))
+    track = cube_track(recorder, cube)
+    assert track["pushed_at_close_m"] == pytest.approx(0.03)
+    assert track["peak_lift_m"] == pytest.approx(0.06)
+    assert track["final_lift_m"] == pytest.approx(0.0)
+    assert cube_track(_recorder(hand, [1.0] * 4), cube) is None  # not tracked (reach)

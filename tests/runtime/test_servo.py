@@ -351,9 +351,10 @@ def test_pause_sends_nothing_until_reset_restarts_from_the_measured_pose():
 def test_the_hand_closes_where_the_plan_closes_it_once_the_arm_is_there(follows_arm):
     """A plan faster than the speed limit: the arm falls behind its clock. The plan then closes
     the hand slowly at the bottom (a ramp of under 0.02 per tick, as a model's plans do): it
-    closes there (gripper_follows_arm), not where the arm happens to be at the plan's time."""
+    closes there (gripper_follows_arm), not where the arm happens to be at the plan's time.
+    The ramp spans the whole 0.6 s frame, as a model's sparser frames have it."""
     bottom = HOME + np.array([0.0, 0.0, -0.25])
-    with servo_process(gripper_follows_arm=follows_arm) as servo:
+    with servo_process(gripper_follows_arm=follows_arm, gripper_ramp_s=None) as servo:
         wait_for(servo, lambda s: s.mode == "idle")
         fast = plan(
             HOME, [[0, 0, 0], [0, 0, -0.25], [0, 0, -0.25]], dt_s=0.6, gripper=[1.0, 1.0, 0.0]
@@ -368,3 +369,28 @@ def test_the_hand_closes_where_the_plan_closes_it_once_the_arm_is_there(follows_
     else:  # the old behaviour, for contrast: the plan's clock shuts the hand on the way down
         assert above > 0.05
     assert commands[-1].gripper == 0.0
+
+
+@pytest.mark.parametrize("ramp_s", [0.35, None])
+def test_the_hand_starts_shutting_near_the_bottom_with_a_ramp_of_its_own_travel_time(ramp_s):
+    """One 0.8 s frame from 10 cm above to the bottom, open then shut: ramped over the hand's
+    travel time (the default) the fingers start closing in the last 4 cm of the descent, not
+    at its top as a ramp over the whole frame has them."""
+    bottom = HOME + np.array([0.0, 0.0, -0.10])
+    with servo_process(gripper_ramp_s=ramp_s) as servo:
+        wait_for(servo, lambda s: s.mode == "idle")
+        servo.submit(plan(HOME, [[0, 0, 0], [0, 0, -0.10]], dt_s=0.8, gripper=[1.0, 0.0]))
+        wait_at_rest(servo)
+        commands = assert_no_violations(servo)
+    first = next(c for c in commands if c.gripper < 0.9)
+    above = float(first.pose[2, 3] - bottom[2])
+    if ramp_s is not None:
+        assert above < 0.045
+    else:
+        assert above > 0.07
+    assert commands[-1].gripper == 0.0
+
+
+def test_a_gripper_ramp_outside_0_to_5_s_is_refused():
+    with pytest.raises(ValueError, match="gripper_ramp_s"):
+        ServoProcess(SIM_ARM, LIMITS, rate_hz=RATE, gripper_ramp_s=0.0)

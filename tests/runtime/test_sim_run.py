@@ -87,6 +87,9 @@ def test_the_expert_closes_the_hand_once_in_closed_loop():
     assert report["regrasp_episodes"] == 0
     close = episode["first_close"]
     assert close is not None and close["horizontal_m"] < 0.1
+    cube = episode["cube"]  # tracked through the episode: it starts on the table
+    assert cube["peak_lift_m"] >= cube["final_lift_m"] > -0.005
+    assert cube["pushed_at_close_m"] is not None and cube["pushed_at_close_m"] >= 0.0
     _assert_safe(report)
 
 

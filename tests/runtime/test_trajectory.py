@@ -289,3 +289,29 @@ def test_a_dropped_frame_does_not_start_the_gripper_ramp_early():
     assert traj.gripper(T0 + 350 * MS) == 1.0
     assert traj.gripper(T0 + 500 * MS) == pytest.approx(0.5)
     assert traj.gripper(T0 + 600 * MS) == 0.0
+
+
+def test_a_gripper_ramp_shorter_than_the_frames_closes_the_hand_at_the_bottom():
+    """Open 10 cm up, closed at the bottom 0.8 s later: with the hand's own travel time
+    (0.35 s) as the ramp it stays open down to the last centimetres of the descent."""
+    path = [[0.40, 0.0, 0.15], [0.40, 0.0, 0.05], [0.40, 0.0, 0.20]]
+    wp = make_waypoints(path, dt_s=0.8, gripper=[1.0, 0.0, 0.0])
+    short = Trajectory(wp, gripper_ramp_ns=350 * MS)
+    frame = Trajectory(wp)
+    bottom = int(wp.times_ns[1])
+    assert short.gripper(bottom - 350 * MS) == 1.0
+    assert short.gripper(bottom - 175 * MS) == pytest.approx(0.5)
+    assert short.gripper(bottom) == 0.0
+    assert frame.gripper(bottom - 400 * MS) == pytest.approx(0.5)  # half shut 2.5 cm higher
+    # where the hand is half shut: near the bottom with the short ramp, far above it without
+    half_short = short.sample(bottom - 175 * MS)[0][2, 3]
+    half_frame = frame.sample(bottom - 400 * MS)[0][2, 3]
+    assert half_short - 0.05 < 0.015 < half_frame - 0.05
+    # the ramp is never longer than the frames: the shorter of the two wins
+    long = Trajectory(wp, gripper_ramp_ns=2_000 * MS)
+    assert long.gripper(bottom - 400 * MS) == pytest.approx(0.5)
+    # joins keep it
+    start = Trajectory.hold(short.sample(T0)[0], 1.0, T0 - 100 * MS)
+    joined = join(start, wp, T0 - 100 * MS, 0.3, gripper_ramp_ns=350 * MS)
+    assert joined.gripper(bottom - 350 * MS) == 1.0
+    assert joined.gripper(bottom - 175 * MS) == pytest.approx(0.5)
